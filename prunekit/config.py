@@ -1,0 +1,70 @@
+"""The encoder config: one class for the dense teacher and every compact form of it.
+
+A compact model is just a config whose per-layer lists are smaller:
+  num_heads[l] = 0  -> layer l has no attention sublayer (it is an identity)
+  ffn_dim[l]   = 0  -> layer l has no FFN sublayer (it is an identity)
+  hidden_size       -> width of the residual stream; may shrink independently of heads * head_dim
+                       (Q/K/V map hidden_size -> num_heads[l] * head_dim, O maps back)
+  pooler_size       -> width of the pooler output, which the classifier reads; it stays at the
+                       teacher's width when the hidden size shrinks
+It subclasses transformers' PretrainedConfig so that Auto classes and save_pretrained work.
+"""
+from transformers import PretrainedConfig
+
+
+class PrunekitBertConfig(PretrainedConfig):
+    model_type = "prunekit-bert"
+
+    def __init__(
+        self,
+        vocab_size: int = 30522,
+        hidden_size: int = 384,
+        head_dim: int = 32,
+        num_heads: list[int] | None = None,
+        ffn_dim: list[int] | None = None,
+        pooler_size: int | None = None,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        layer_norm_eps: float = 1e-12,
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        classifier_dropout: float | None = None,
+        initializer_range: float = 0.02,
+        pad_token_id: int = 0,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.head_dim = head_dim
+        self.num_heads = list(num_heads) if num_heads is not None else [12] * 6
+        self.ffn_dim = list(ffn_dim) if ffn_dim is not None else [1536] * 6
+        if len(self.num_heads) != len(self.ffn_dim):
+            raise ValueError(f"num_heads has {len(self.num_heads)} layers but ffn_dim has {len(self.ffn_dim)}")
+        if any(h < 0 for h in self.num_heads) or any(f < 0 for f in self.ffn_dim) or hidden_size < 1:
+            raise ValueError("head counts and FFN widths must be >= 0 and hidden_size >= 1")
+        self.pooler_size = pooler_size if pooler_size is not None else hidden_size
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.classifier_dropout = classifier_dropout
+        self.initializer_range = initializer_range
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.num_heads)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    def is_uniform(self) -> bool:
+        """True when every layer has the same head count and FFN width (a dense, mask-able model)."""
+        return len(set(self.num_heads)) == 1 and len(set(self.ffn_dim)) == 1
+
+    def structure(self) -> list[dict]:
+        """Per-layer structure as plain data, for reports."""
+        return [{"layer": l, "heads": h, "ffn": f, "mha": h > 0, "ffn_present": f > 0}
+                for l, (h, f) in enumerate(zip(self.num_heads, self.ffn_dim))]

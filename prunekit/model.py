@@ -1,0 +1,297 @@
+"""The prunekit BERT encoder: one definition for the dense teacher, the masked model and every
+compact model.
+
+- Dense and masked: every layer has the same head count and FFN width; `forward(..., masks=)` applies
+  CoFi-style masks (z_mha, z_head, z_ffn, z_int, z_hidden; any subset, real-valued), with the
+  semantics of CoFi's training forward (docs: anchors.md section 1.2):
+    * z_head scales each head's context vector, z_mha the attention output projection,
+      z_int the post-GELU FFN activations, z_ffn the FFN down projection;
+    * z_hidden scales the embeddings and each sublayer's output before and after its LayerNorm, and
+      LayerNorm statistics run over the kept hidden dims only;
+    * a sublayer whose mask is entirely zero is an identity (no bias leak, no LayerNorm).
+- Compact: the config's per-layer lists say how many heads / FFN units each layer keeps (0 = that
+  sublayer is absent) and how wide the residual stream is. surgery.prune() builds this form.
+
+Checked against transformers' BertModel on all-MiniLM-L6-v2 (tests/test_hf_parity.py) and, for the
+compact form, against the masked model (tests/test_surgery.py).
+The forward has no Python branch on tensor values, so it traces and exports; branches depend only on
+the config (a layer with no heads simply has no attention code) or on which masks were passed.
+"""
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+
+from .config import PrunekitBertConfig
+
+
+@dataclass
+class LayerMasks:
+    """The masks that act inside one layer; None means 'not masked'."""
+    mha: torch.Tensor | None = None     # scalar
+    head: torch.Tensor | None = None    # (H,)
+    ffn: torch.Tensor | None = None     # scalar
+    int: torch.Tensor | None = None     # (F,)
+    hidden: torch.Tensor | None = None  # (d,) values
+    keep: torch.Tensor | None = None    # (d,) 1.0 where hidden != 0, else 0.0
+
+
+def masked_layer_norm(x: torch.Tensor, norm: nn.LayerNorm, keep: torch.Tensor | None) -> torch.Tensor:
+    """LayerNorm with mean and variance over the kept hidden dims only (keep: (d,) of 0/1).
+
+    This is what makes a hidden-masked model equal the compact model whose LayerNorm runs over the
+    smaller width. Values at pruned dims are junk here and get zeroed by the caller's * z_hidden.
+    """
+    if keep is None:
+        return norm(x)
+    n = keep.sum().clamp(min=1.0)
+    mean = (x * keep).sum(-1, keepdim=True) / n
+    centred = (x - mean) * keep
+    var = (centred * centred).sum(-1, keepdim=True) / n
+    return centred * torch.rsqrt(var + norm.eps) * norm.weight + norm.bias
+
+
+class Residual(nn.Module):
+    """Dropout, residual add and LayerNorm after a sublayer, with the hidden mask on both sides."""
+
+    def __init__(self, config: PrunekitBertConfig):
+        super().__init__()
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, out, x, m: LayerMasks | None, alive: torch.Tensor | None):
+        out = self.dropout(out)
+        if m is not None and m.hidden is not None:
+            out = out * m.hidden                                   # before the LayerNorm
+        y = masked_layer_norm(out + x, self.norm, None if m is None else m.keep)
+        if m is not None and m.hidden is not None:
+            y = y * m.hidden                                       # and after it
+        if alive is not None:
+            y = torch.where(alive, y, x)  # a fully masked sublayer passes its input through untouched
+        return y
+
+
+def sublayer_alive(layer_gate, units) -> torch.Tensor | None:
+    """Whether a masked sublayer contributes at all: its gate is non-zero and some unit is kept."""
+    alive = None
+    if layer_gate is not None:
+        alive = layer_gate != 0
+    if units is not None:
+        any_unit = (units != 0).any()
+        alive = any_unit if alive is None else alive & any_unit
+    return alive
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: PrunekitBertConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.word = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, d)
+        self.token_type = nn.Embedding(config.type_vocab_size, d)
+        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids, m: LayerMasks | None = None):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)            # (S,)
+        x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(positions)  # (B, S, d)
+        if m is not None and m.hidden is not None:
+            x = x * m.hidden
+        x = self.dropout(masked_layer_norm(x, self.norm, None if m is None else m.keep))
+        if m is not None and m.hidden is not None:
+            x = x * m.hidden
+        return x
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with this layer's own head count (0 = the sublayer is absent).
+
+    Head count and head size are Python ints used literally in every reshape, so an exported
+    graph carries them as constants (ONNX Runtime reads per-layer heads from there).
+    """
+
+    def __init__(self, config: PrunekitBertConfig, num_heads: int):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, config.head_dim
+        if num_heads == 0:
+            return
+        d, inner = config.hidden_size, num_heads * config.head_dim
+        self.query = nn.Linear(d, inner)
+        self.key = nn.Linear(d, inner)
+        self.value = nn.Linear(d, inner)
+        self.output = nn.Linear(inner, d)
+        self.attn_dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.residual = Residual(config)
+
+    def split_heads(self, t):
+        B, S, _ = t.shape
+        return t.view(B, S, self.num_heads, self.head_dim).permute(0, 2, 1, 3)  # (B, H, S, dh)
+
+    def heads(self, x, attn_bias, z_head=None):
+        """Per-head context vectors, each scaled by its head mask: (B, H, S, dh)."""
+        q, k, v = self.split_heads(self.query(x)), self.split_heads(self.key(x)), self.split_heads(self.value(x))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, S, dh) x (B, H, dh, S) -> (B, H, S, S)
+        probs = self.attn_dropout(torch.softmax(scores + attn_bias, dim=-1))
+        ctx = probs @ v                                            # (B, H, S, S) x (B, H, S, dh) -> (B, H, S, dh)
+        if z_head is not None:
+            ctx = ctx * z_head.view(1, self.num_heads, 1, 1)
+        return ctx
+
+    def project(self, ctx, z_mha=None):
+        """Concatenate heads and apply the output projection (and the layer gate): (B, S, d)."""
+        B, H, S, dh = ctx.shape
+        out = self.output(ctx.permute(0, 2, 1, 3).reshape(B, S, self.num_heads * self.head_dim))  # (B, S, H*dh) -> (B, S, d)
+        if z_mha is not None:
+            out = out * z_mha
+        return out
+
+    def forward(self, x, attn_bias, m: LayerMasks | None = None):
+        if self.num_heads == 0:
+            return x
+        out = self.project(self.heads(x, attn_bias, None if m is None else m.head), None if m is None else m.mha)
+        alive = None if m is None else sublayer_alive(m.mha, m.head)
+        return self.residual(out, x, m, alive)
+
+
+class FeedForward(nn.Module):
+    """GELU FFN with this layer's own width (0 = the sublayer is absent)."""
+
+    def __init__(self, config: PrunekitBertConfig, width: int):
+        super().__init__()
+        self.width = width
+        if width == 0:
+            return
+        self.up = nn.Linear(config.hidden_size, width)
+        self.down = nn.Linear(width, config.hidden_size)
+        self.residual = Residual(config)
+
+    def hidden(self, x, z_int=None):
+        """Post-GELU activations, each scaled by its unit mask: (B, S, F)."""
+        h = F.gelu(self.up(x))
+        if z_int is not None:
+            h = h * z_int
+        return h
+
+    def forward(self, x, m: LayerMasks | None = None):
+        if self.width == 0:
+            return x
+        out = self.down(self.hidden(x, None if m is None else m.int))  # (B, S, F) -> (B, S, d)
+        if m is not None and m.ffn is not None:
+            out = out * m.ffn
+        alive = None if m is None else sublayer_alive(m.ffn, m.int)
+        return self.residual(out, x, m, alive)
+
+
+class Layer(nn.Module):
+    def __init__(self, config: PrunekitBertConfig, num_heads: int, ffn_dim: int):
+        super().__init__()
+        self.attention = Attention(config, num_heads)
+        self.ffn = FeedForward(config, ffn_dim)
+
+    def forward(self, x, attn_bias, m: LayerMasks | None = None):
+        return self.ffn(self.attention(x, attn_bias, m), m)
+
+
+def layer_masks(masks, l: int, keep) -> LayerMasks | None:
+    """Slice a Masks object (any subset of z_mha, z_head, z_ffn, z_int, z_hidden) for layer l."""
+    if masks is None:
+        return None
+    pick = lambda t: None if t is None else t[l]
+    return LayerMasks(mha=pick(masks.z_mha), head=pick(masks.z_head), ffn=pick(masks.z_ffn),
+                      int=pick(masks.z_int), hidden=masks.z_hidden, keep=keep)
+
+
+def attention_bias(attention_mask, dtype):
+    """(B, S) 1/0 padding mask -> (B, 1, 1, S) additive bias: 0 for tokens, dtype-min for padding."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+class Encoder(nn.Module):
+    """Embeddings, the layers and the pooler: the BERT body (what HF calls BertModel)."""
+
+    def __init__(self, config: PrunekitBertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config, h, f) for h, f in zip(config.num_heads, config.ffn_dim))
+        self.pooler = nn.Linear(config.hidden_size, config.pooler_size)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, masks=None, output_hidden_states=False):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if masks is not None:
+            masks.check_forward(self.config)
+        keep = None
+        if masks is not None and masks.z_hidden is not None:
+            keep = (masks.z_hidden != 0).to(masks.z_hidden.dtype)
+        x = self.embeddings(input_ids, token_type_ids, None if masks is None else LayerMasks(hidden=masks.z_hidden, keep=keep))
+        bias = attention_bias(attention_mask, x.dtype)
+        states = [x]
+        for l, layer in enumerate(self.layers):
+            x = layer(x, bias, layer_masks(masks, l, keep))
+            states.append(x)
+        pooled = torch.tanh(self.pooler(x[:, 0]))  # the [CLS] token
+        return BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=pooled,
+                                          hidden_states=tuple(states) if output_hidden_states else None)
+
+
+class PrunekitBertForSequenceClassification(PreTrainedModel):
+    """Encoder + classifier (num_labels = 1 is regression, as in HF). HF-style inputs and outputs."""
+    config_class = PrunekitBertConfig
+    base_model_prefix = "bert"
+
+    def __init__(self, config: PrunekitBertConfig):
+        super().__init__(config)
+        self.bert = Encoder(config)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.pooler_size, config.num_labels)
+        self.tokenizer = None  # set by the loaders; save_pretrained writes its files beside the weights
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, masks=None,
+                output_hidden_states=False, return_dict=None, **kwargs):
+        out = self.bert(input_ids, attention_mask, token_type_ids, masks, output_hidden_states)
+        logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            if self.config.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+            else:
+                loss = F.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """config.json (model_type prunekit-bert, per-layer lists), model.safetensors and the tokenizer
+        files. Everything is written to a temp dir first and moved in file by file: no half-written file."""
+        final = Path(save_directory)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        try:
+            super().save_pretrained(str(tmp), **kwargs)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(str(tmp))
+            final.mkdir(exist_ok=True)
+            for f in tmp.iterdir():
+                os.replace(f, final / f.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Rebuild a (compact) model from its own config; the dense model is never needed."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if os.path.isdir(pretrained_model_name_or_path):
+            from .checkpoints import load_tokenizer
+            model.tokenizer = load_tokenizer(Path(pretrained_model_name_or_path))
+        return model
