@@ -1,0 +1,110 @@
+"""Latency measurement the way deployers measure it: same inputs, same run, models interleaved.
+
+The pieces bench/latency.py is built from, importable so that tests can check them on synthetic
+timings: warm-up by count and by time, round-robin timing (the order rotates every round so that
+machine drift and thermal effects fall on every model alike), percentiles and throughput, speed-up
+against the dense teacher, an environment block, and Markdown output.
+"""
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Stats:
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput: float  # sequences per second at the median latency
+    runs: int
+
+
+def summarise(seconds, batch_size: int) -> Stats:
+    """Percentiles (linear interpolation) and throughput from a list of per-call latencies in seconds."""
+    t = np.asarray(seconds, dtype=np.float64) * 1e3
+    if t.size == 0:
+        raise ValueError("no timings to summarise")
+    p50, p90, p99 = np.percentile(t, [50, 90, 99])
+    return Stats(float(p50), float(p90), float(p99), float(t.mean()), batch_size / (p50 / 1e3), int(t.size))
+
+
+def warm_up(fn, min_calls: int = 3, min_seconds: float = 0.5) -> int:
+    """Call fn until both min_calls calls and min_seconds have passed; returns the number of calls."""
+    calls, start = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - start < min_seconds:
+        fn()
+        calls += 1
+    return calls
+
+
+def time_interleaved(runners: dict, rounds: int, clock=time.perf_counter, progress=None) -> dict:
+    """Time each runner once per round, rotating the order every round; returns name -> [seconds]."""
+    names = list(runners)
+    times = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            start = clock()
+            runners[name]()
+            times[name].append(clock() - start)
+        if progress is not None:
+            progress.update(1)
+    return times
+
+
+def speedups(stats: dict, dense: str) -> dict:
+    """name -> P50 latency of the dense model / P50 latency of this model (same run)."""
+    return {name: stats[dense].p50_ms / s.p50_ms for name, s in stats.items()}
+
+
+def environment(threads: int, device: str = "cpu") -> dict:
+    """Library versions, CPU model, thread count and GPU name, for the JSON next to every result."""
+    import onnxruntime
+    import torch
+    import transformers
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__,
+            "cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads, "device": device, "gpu": gpu,
+            "platform": platform.platform()}
+
+
+@dataclass
+class Row:
+    model: str
+    runtime: str
+    batch: int
+    seq: int
+    stats: Stats
+    speedup: float | None = None
+    macs_ratio: float | None = None      # dense MACs / this model's MACs
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def speedup_per_mac_reduction(self):
+        if self.speedup is None or not self.macs_ratio:
+            return None
+        return self.speedup / self.macs_ratio
+
+
+def markdown_table(rows: list[Row]) -> str:
+    head = ("| model | runtime | batch | seq | P50 ms | P90 ms | P99 ms | seq/s | speed-up | MAC reduction | "
+            "speed-up / MAC reduction |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    fmt = lambda v, f: "" if v is None else format(v, f)
+    lines = [head]
+    for r in rows:
+        s = r.stats
+        lines.append(f"| {r.model} | {r.runtime} | {r.batch} | {r.seq} | {s.p50_ms:.2f} | {s.p90_ms:.2f} | "
+                     f"{s.p99_ms:.2f} | {s.throughput:.1f} | {fmt(r.speedup, '.2f')}{'×' if r.speedup else ''} | "
+                     f"{fmt(r.macs_ratio, '.2f')}{'×' if r.macs_ratio else ''} | {fmt(r.speedup_per_mac_reduction, '.2f')} |")
+    return "\n".join(lines)

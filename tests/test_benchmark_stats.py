@@ -1,0 +1,47 @@
+"""The statistics under bench/latency.py, checked on synthetic timings."""
+import itertools
+
+import numpy as np
+import pytest
+
+from prunekit.benchmark import Row, markdown_table, speedups, summarise, time_interleaved, warm_up
+
+
+def test_summarise_percentiles_and_throughput():
+    s = summarise([i / 1000 for i in range(1, 101)], batch_size=32)   # 1..100 ms
+    assert s.p50_ms == pytest.approx(50.5) and s.p90_ms == pytest.approx(90.1) and s.p99_ms == pytest.approx(99.01)
+    assert s.mean_ms == pytest.approx(50.5) and s.runs == 100
+    assert s.throughput == pytest.approx(32 / 0.0505)
+
+
+def test_interleaving_spreads_a_drifting_clock_evenly_over_models():
+    # a clock that drifts: every call costs 1 ms more than the one before it, whoever runs
+    ticks = itertools.count()
+    state = {"t": 0.0}
+    def clock():
+        return state["t"]
+    def make(name):
+        def run():
+            state["t"] += 0.001 * (1 + next(ticks))
+        return run
+    times = time_interleaved({"dense": make("dense"), "pruned": make("pruned")}, rounds=200, clock=clock)
+    means = {k: np.mean(v) for k, v in times.items()}
+    # without rotation the second model would always be 1 ms slower; with it they differ by < 1%
+    assert abs(means["dense"] - means["pruned"]) / means["dense"] < 0.01
+    assert len(times["dense"]) == len(times["pruned"]) == 200
+
+
+def test_warm_up_respects_both_count_and_time():
+    calls = []
+    assert warm_up(lambda: calls.append(1), min_calls=5, min_seconds=0.0) == 5
+    assert warm_up(lambda: None, min_calls=1, min_seconds=0.05) > 1
+
+
+def test_speedup_and_markdown_table():
+    dense, pruned = summarise([0.010] * 5, 1), summarise([0.004] * 5, 1)
+    sp = speedups({"dense": dense, "pruned": pruned}, "dense")
+    assert sp["pruned"] == pytest.approx(2.5) and sp["dense"] == pytest.approx(1.0)
+    row = Row("pruned", "ort", 1, 128, pruned, speedup=sp["pruned"], macs_ratio=2.0)
+    assert row.speedup_per_mac_reduction == pytest.approx(1.25)
+    table = markdown_table([row])
+    assert "| pruned | ort | 1 | 128 | 4.00 |" in table and "2.50×" in table and "| 1.25 |" in table
