@@ -34,6 +34,7 @@ def test_prune_verb_applies_masks_and_refuses_bad_ones(tmp_path, capsys):
     # an existing output is refused; masks of the wrong shape or with NaN are one-line errors
     assert main(["prune", "--model", str(tmp_path / "dense"), "--masks", str(tmp_path / "m.safetensors"),
                  "--output", str(tmp_path / "out")]) == 2
+    assert "already exists" in capsys.readouterr().err
     for bad in (Masks(z_head=torch.ones(3, 5)), Masks(z_int=torch.full((3, 12), float("nan")))):
         bad.save(tmp_path / "bad.safetensors")
         assert main(["prune", "--model", str(tmp_path / "dense"), "--masks", str(tmp_path / "bad.safetensors"),
