@@ -1,0 +1,55 @@
+"""Fisher information of the head and FFN-neuron masks (Kwon et al. 2022, anchors.md §2.3).
+
+Every head and every FFN neuron gets a multiplicative mask fixed at 1. The task loss on training
+labels is back-propagated to the masks only (weights frozen, model in eval mode, so no dropout), one
+mini-batch at a time. The per-batch gradients are kept, because two stages need more than their
+squares:
+  diagonal Fisher  I_u = sum_b g_{b,u}^2                       -> search (importance of each unit)
+  block Fisher     F_layer = sum_b g_b g_b^T, within one layer -> rearrangement (cross terms)
+The gradients are of the batch-mean loss, as in the reference: not per-example gradients.
+"""
+import torch
+from tqdm.auto import tqdm
+
+from ..masks import Masks
+
+MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+def mask_gradients(model, batches, progress: bool = True, desc: str = "fisher"):
+    """Per-batch gradients of the loss w.r.t. all-ones z_head and z_int masks.
+
+    batches: an iterable of dicts with input_ids, attention_mask, token_type_ids and labels.
+    Returns (g_head (B, L, H), g_int (B, L, F)), B = number of batches, on the CPU in float32.
+    """
+    cfg = model.config
+    dev = next(model.parameters()).device
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)  # only the masks need gradients: no weight grads computed or stored
+    masks = Masks.ones(cfg, ("z_head", "z_int")).to(dev)
+    for _, t in masks.items():
+        t.requires_grad_(True)
+    g_head, g_int = [], []
+    try:
+        total = len(batches) if hasattr(batches, "__len__") else None
+        for batch in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False):
+            batch = {k: v.to(dev) for k, v in batch.items() if k in MODEL_KEYS}
+            loss = model(**batch, masks=masks).loss
+            head, inter = torch.autograd.grad(loss, (masks.z_head, masks.z_int))
+            g_head.append(head.detach().float().cpu())
+            g_int.append(inter.detach().float().cpu())
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+        model.train(was_training)
+    if not g_head:
+        raise ValueError("no batches: cannot compute mask gradients")
+    return torch.stack(g_head), torch.stack(g_int)  # (B, L, H), (B, L, F)
+
+
+def diagonal_fisher(grads: torch.Tensor) -> torch.Tensor:
+    """(B, L, U) per-batch gradients -> (L, U) importance sum_b g^2."""
+    return grads.pow(2).sum(0)

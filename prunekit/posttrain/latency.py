@@ -1,0 +1,144 @@
+"""Block-latency lookup tables for the latency constraint (Kwon et al. 2022, anchors.md §2.6).
+
+A table holds, for one runtime, device and input shape (batch, sequence length), the measured latency
+of one attention sublayer with n heads (n = 1 .. H) and of one FFN sublayer with n neurons
+(n = 1 .. F): projections, softmax/GELU, residual add and LayerNorm, built from prunekit's own
+Attention and FeedForward modules, so they are the blocks a compact model runs. FFN widths are timed
+on a grid (every F/48 neurons plus the ends) and linearly interpolated in between: timing all 1536
+widths of MiniLM would take minutes and the curve is smooth. Each entry is the median of `repeats`
+timed runs after `warmup` runs.
+
+Tables are cached in one JSON file, keyed by runtime, device, thread count, block shape and input
+shape, so a second pruning run for the same deployment reuses them.
+Runtime: PyTorch eager ("torch"), on the CPU or, when given device="cuda", on a GPU (CUDA events).
+ONNX Runtime timing waits for the export module (issue 5); until then the runtime is PyTorch.
+"""
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import PrunekitBertConfig
+from ..errors import PrunekitError
+from ..model import Attention, FeedForward
+
+DEFAULT_CACHE = Path(os.environ.get("PRUNEKIT_CACHE", Path.home() / ".cache" / "prunekit")) / "latency_lut.json"
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def table_key(config, batch: int, seq_len: int, runtime: str = "torch", device: str = "cpu") -> str:
+    threads = torch.get_num_threads() if device == "cpu" else 0
+    return (f"{runtime}|{device_name(device)}|threads={threads}|d={config.hidden_size},dh={config.head_dim},"
+            f"H={config.num_heads[0]},F={config.ffn_dim[0]}|batch={batch},seq={seq_len}")
+
+
+def ffn_grid(F: int, points: int = 48) -> list[int]:
+    step = max(1, F // points)
+    return sorted(set([1, F] + list(range(step, F, step))))
+
+
+def _timer(device):
+    if device.startswith("cuda"):
+        def run(fn, warmup, repeats):
+            for _ in range(warmup):
+                fn()
+            times = []
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            return float(np.median(times))
+    else:
+        def run(fn, warmup, repeats):
+            for _ in range(warmup):
+                fn()
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+            return float(np.median(times))
+    return run
+
+
+@torch.no_grad()
+def measure_tables(config, batch: int, seq_len: int, device: str = "cpu", warmup: int = 2, repeats: int = 5,
+                   progress: bool = True) -> dict:
+    """Measure {'mha': [ms for n = 1..H], 'ffn': [ms for n = 1..F]} for blocks shaped like config's."""
+    H, F, d = config.num_heads[0], config.ffn_dim[0], config.hidden_size
+    block_cfg = PrunekitBertConfig(hidden_size=d, head_dim=config.head_dim, num_heads=[H], ffn_dim=[F],
+                                   layer_norm_eps=config.layer_norm_eps)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, seq_len, d, generator=g).to(device)
+    bias = torch.zeros(batch, 1, 1, seq_len, device=device)
+    timed = _timer(device)
+    mha = []
+    grid = ffn_grid(F)
+    bar = tqdm(total=H + len(grid), desc=f"latency table b{batch} s{seq_len}", disable=not progress, leave=False)
+    for n in range(1, H + 1):
+        block = Attention(block_cfg, n).to(device).eval()
+        mha.append(timed(lambda: block(x, bias), warmup, repeats))
+        bar.update()
+    ffn_at = []
+    for n in grid:
+        block = FeedForward(block_cfg, n).to(device).eval()
+        ffn_at.append(timed(lambda: block(x), warmup, repeats))
+        bar.update()
+    bar.close()
+    ffn = np.interp(np.arange(1, F + 1), grid, ffn_at).tolist()
+    return {"mha": mha, "ffn": ffn, "ffn_grid": grid, "ffn_measured": ffn_at, "unit": "ms",
+            "warmup": warmup, "repeats": repeats}
+
+
+def load_or_measure(config, batch: int, seq_len: int, cache_path=None, device: str = "cpu", runtime: str = "torch",
+                    progress: bool = True) -> tuple[dict, bool]:
+    """The table for this runtime/device/shape from the cache, or measured and added to it.
+    Returns (table, came_from_cache)."""
+    if runtime != "torch":
+        raise ValueError(f"unknown latency runtime {runtime!r}")
+    path = Path(cache_path) if cache_path is not None else DEFAULT_CACHE
+    key = table_key(config, batch, seq_len, runtime, device)
+    cache = _read_cache(path)
+    if key in cache:
+        return cache[key], True
+    table = measure_tables(config, batch, seq_len, device, progress=progress)
+    table["key"] = key
+    cache = _read_cache(path)  # re-read: another run may have added tables meanwhile
+    cache[key] = table
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(cache, indent=1))
+    os.replace(tmp, path)
+    return table, False
+
+
+def _read_cache(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        # never overwrite a file we cannot read: it may be something else given by mistake
+        raise PrunekitError(f"latency table cache {path} is not a readable JSON file ({type(e).__name__})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and "mha" in v and "ffn" in v for v in data.values()):
+        raise PrunekitError(f"{path} is not a prunekit latency table cache")
+    return data

@@ -1,0 +1,183 @@
+"""Mask search: which heads and FFN neurons to keep under a cost budget, given their Fisher importance
+(Kwon et al. 2022, anchors.md §2.5-2.6).
+
+MACs (search_mac). A head costs the same MACs wherever it is, and so does a neuron, so the problem
+is a knapsack with two item types and additive value. For a fixed number h of kept heads the best
+choice is the h most important heads plus as many of the most important neurons as the rest of the
+budget pays for; sweeping h = 0 .. L*H therefore solves it exactly.
+
+Latency (search_latency). Block latency is modelled per layer as a piecewise-linear function of the
+unit count (fit_piecewise_linear): flat at c up to T units (the hardware is under-used anyway), then
+c + slope * (n - T); zero units cost nothing (the sublayer is gone). So a kept layer keeps at least its
+T most important units ("base units"), whole layers may be dropped (least base importance first), and
+the rest of the budget buys the globally most important extra units in a sweep like the MAC one.
+Fixes over the reference: the budget left after the fixed costs is computed once per (MHA drops, FFN
+drops) pair instead of being subtracted cumulatively, the objective counts the base units (so
+dropping a layer is charged for what it loses), and the fit starts from an infinite error (so it is
+never empty).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import PrunekitError
+
+
+@dataclass
+class SearchResult:
+    head_mask: torch.Tensor    # (L, H) of 0/1
+    neuron_mask: torch.Tensor  # (L, F) of 0/1
+    cost: float                # under the search's cost model (MACs, or fitted latency)
+    budget: float
+    score: float               # summed importance of the kept units
+
+
+def _top_mask(importance: torch.Tensor, k: int) -> torch.Tensor:
+    """0/1 mask of the k largest entries of importance (any shape)."""
+    flat = torch.zeros(importance.numel())
+    if k > 0:
+        flat[torch.argsort(importance.flatten(), descending=True, stable=True)[:k]] = 1.0
+    return flat.view(importance.shape)
+
+
+def _too_small(budget, what):
+    return PrunekitError(f"the budget ({budget:.4g} {what}) is too small to keep a single head or FFN neuron; "
+                         "raise the constraint")
+
+
+def search_mac(head_importance, neuron_importance, head_cost: float, neuron_cost: float, budget: float) -> SearchResult:
+    """Best binary masks with h*head_cost + n*neuron_cost <= budget (exact, for additive importance)."""
+    hi = head_importance.double().flatten().sort(descending=True).values
+    ni = neuron_importance.double().flatten().sort(descending=True).values
+    cum_h = torch.cat([torch.zeros(1, dtype=torch.float64), hi.cumsum(0)])   # cum_h[h] = best h heads
+    cum_n = torch.cat([torch.zeros(1, dtype=torch.float64), ni.cumsum(0)])
+    best = None
+    for h in range(len(hi) + 1):
+        left = budget - h * head_cost
+        if left < -1e-9 * max(budget, 1.0):
+            break
+        n = min(len(ni), max(0, math.floor(left / neuron_cost * (1 + 1e-12))))
+        score = float(cum_h[h] + cum_n[n])
+        if best is None or score > best[0]:
+            best = (score, h, n)
+    if best is None or best[1] + best[2] == 0:
+        raise _too_small(budget, "MACs")
+    score, h, n = best
+    return SearchResult(_top_mask(head_importance, h), _top_mask(neuron_importance, n),
+                        h * head_cost + n * neuron_cost, budget, score)
+
+
+@dataclass
+class LatencyFit:
+    """latency(n) = 0 for n = 0, c for 1 <= n <= T, c + slope * (n - T) for n > T."""
+    c: float
+    T: int
+    slope: float
+
+    def __call__(self, n):
+        n = torch.as_tensor(n, dtype=torch.float64)
+        return torch.where(n <= 0, torch.zeros_like(n), self.c + self.slope * (n - self.T).clamp(min=0))
+
+    def as_dict(self):
+        return {"c": self.c, "T": self.T, "slope": self.slope}
+
+
+def fit_piecewise_linear(lut) -> LatencyFit:
+    """Least-squares fit of LatencyFit to lut[n-1] = latency with n units, n = 1 .. N.
+
+    For each threshold T: c = mean of the first T entries; the slope of the rest is fitted through
+    (T, c) and clipped at 0. The T with the lowest total squared error wins.
+    """
+    y = torch.as_tensor(lut, dtype=torch.float64).flatten()
+    if len(y) == 0 or not torch.isfinite(y).all():
+        raise PrunekitError("latency table is empty or has non-finite entries")
+    best = None
+    for T in range(1, len(y) + 1):
+        c = float(y[:T].mean())
+        err = float(((y[:T] - c) ** 2).sum())
+        slope = 0.0
+        if T < len(y):
+            x = torch.arange(1, len(y) - T + 1, dtype=torch.float64)
+            r = y[T:] - c
+            slope = max(0.0, float((x * r).sum() / (x * x).sum()))
+            err += float(((r - slope * x) ** 2).sum())
+        if best is None or err < best[0]:
+            best = (err, LatencyFit(c, T, slope))
+    return best[1]
+
+
+def _extra_count(left: float, slope: float, available: int) -> int:
+    if slope <= 0:
+        return available
+    return min(available, max(0, math.floor(left / slope * (1 + 1e-12))))
+
+
+def search_latency(head_importance, neuron_importance, mha_fit: LatencyFit, ffn_fit: LatencyFit,
+                   budget: float) -> SearchResult:
+    """Masks whose estimated latency sum_l mha_fit(heads_l) + ffn_fit(neurons_l) is <= budget."""
+    L, H = head_importance.shape
+    F = neuron_importance.shape[1]
+    Tm, Tf = min(mha_fit.T, H), min(ffn_fit.T, F)
+    h_order = head_importance.double().argsort(dim=1, descending=True, stable=True)    # (L, H) per-layer ranking
+    n_order = neuron_importance.double().argsort(dim=1, descending=True, stable=True)  # (L, F)
+    h_sorted = head_importance.double().gather(1, h_order)
+    n_sorted = neuron_importance.double().gather(1, n_order)
+    base_h, base_n = h_sorted[:, :Tm].sum(1), n_sorted[:, :Tf].sum(1)                  # (L,)
+    mha_drop_order = base_h.argsort(stable=True).tolist()  # least important layers are dropped first
+    ffn_drop_order = base_n.argsort(stable=True).tolist()
+    cm, cf = mha_fit.c, ffn_fit.c
+    best = None
+    for dm in range(L + 1):
+        kept_m = sorted(mha_drop_order[dm:])
+        for df in range(L + 1):
+            kept_f = sorted(ffn_drop_order[df:])
+            if not kept_m and not kept_f:
+                continue
+            left = budget - len(kept_m) * cm - len(kept_f) * cf  # computed afresh for every pair
+            if left < -1e-9 * max(budget, 1.0):
+                continue
+            extra_h = h_sorted[kept_m, Tm:].flatten().sort(descending=True).values
+            extra_n = n_sorted[kept_f, Tf:].flatten().sort(descending=True).values
+            cum_h = torch.cat([torch.zeros(1, dtype=torch.float64), extra_h.cumsum(0)])
+            cum_n = torch.cat([torch.zeros(1, dtype=torch.float64), extra_n.cumsum(0)])
+            base = float(base_h[kept_m].sum() + base_n[kept_f].sum())
+            for h in range(len(extra_h) + 1):
+                rest = left - h * mha_fit.slope
+                if rest < -1e-9 * max(budget, 1.0):
+                    break
+                n = _extra_count(rest, ffn_fit.slope, len(extra_n))
+                score = base + float(cum_h[h] + cum_n[n])
+                if best is None or score > best[0]:
+                    best = (score, kept_m, kept_f, h, n)
+    if best is None:
+        raise _too_small(budget, "latency units")
+    score, kept_m, kept_f, h, n = best
+    head_mask = _masks_from_choice(head_importance, h_order, h_sorted, kept_m, Tm, h)
+    neuron_mask = _masks_from_choice(neuron_importance, n_order, n_sorted, kept_f, Tf, n)
+    cost = float(mha_fit(head_mask.sum(1)).sum() + ffn_fit(neuron_mask.sum(1)).sum())
+    return SearchResult(head_mask, neuron_mask, cost, budget, score)
+
+
+def _masks_from_choice(importance, order, sorted_imp, kept_layers, T, extra):
+    """Base units (top T per kept layer) plus the `extra` most important non-base units of kept layers."""
+    L, U = importance.shape
+    mask = torch.zeros(L, U)
+    cand = []  # (importance, layer, unit) of the non-base units of kept layers
+    for l in kept_layers:
+        mask[l, order[l, :T]] = 1.0
+        cand += [(float(sorted_imp[l, j]), l, int(order[l, j])) for j in range(T, U)]
+    cand.sort(key=lambda t: -t[0])  # stable: ties keep layer/rank order, as the sweep's sort did
+    for _, l, u in cand[:extra]:
+        mask[l, u] = 1.0
+    return mask
+
+
+def estimate_latency(head_mask, neuron_mask, mha_lut, ffn_lut) -> float:
+    """Sum over layers of the measured table entries (lut[n-1]; 0 for an absent sublayer)."""
+    total = 0.0
+    for n in head_mask.sum(1).long().tolist():
+        total += mha_lut[n - 1] if n > 0 else 0.0
+    for n in neuron_mask.sum(1).long().tolist():
+        total += ffn_lut[n - 1] if n > 0 else 0.0
+    return float(total)
