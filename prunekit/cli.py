@@ -3,6 +3,7 @@ function that does the work, and reports. Bad input ends with one line on stderr
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def cmd_info(args):
@@ -30,6 +31,116 @@ def cmd_prune(args):
     print(format_report(cost_report(compact.config, seq_len=args.seq_len, reference=model.config), args.output))
 
 
+def cmd_finetune(args):
+    from .training import TrainArgs, finetune
+    train_args = TrainArgs(output=args.output, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                           weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed,
+                           max_steps=args.max_steps, eval_every=args.eval_every, save_every=args.save_every,
+                           group_by_length=not args.no_group_by_length, device=args.device)
+    summary = finetune(args.model, args.task, train_args, resume=args.resume, overwrite=args.overwrite,
+                       **data_args(args), max_train_samples=args.max_train_samples)
+    best, metric = summary["best"], summary["main_metric"]
+    print(f"best {metric} {best[metric]:.4f} at step {best['step']} of {summary['steps']}; "
+          f"model in {args.output} ({summary['train_seconds']:.0f} s training, {summary['seconds_per_step']:.3f} s/step)")
+
+
+def load_predictor(model_dir, device="cpu"):
+    """What `prunekit eval` scores: (predict(batch) -> logits, tokenizer, config). A PyTorch model, or
+    ONNX Runtime for a directory written by `prunekit export --onnx` (it holds model.onnx)."""
+    if (Path(model_dir) / "model.onnx").is_file():
+        from prunekit.export.runtime import onnx_predictor
+        return onnx_predictor(model_dir, device)
+    from .checkpoints import load_model
+    from .training import torch_predictor
+    model = load_model(model_dir).to(device)
+    if model.tokenizer is None:
+        from .errors import PrunekitError
+        raise PrunekitError(f"{model_dir} has no tokenizer files (vocab.txt / tokenizer.json)")
+    return torch_predictor(model, device), model.tokenizer, model.config
+
+
+def cmd_eval(args):
+    import time
+    from .data import load_task
+    from .errors import PrunekitError
+    from .training import check_labels, evaluate_task, trained_labels, write_json
+    predict, tokenizer, config = load_predictor(args.model, args.device)
+    task_name = args.task or getattr(config, "finetuning_task", None)
+    if not task_name:
+        raise PrunekitError(f"{args.model} does not say which task it was trained on: give --task")
+    task = load_task(task_name, tokenizer, with_train=False, labels=trained_labels(config),
+                     **data_args(args))
+    check_labels(config, task)
+    start = time.perf_counter()
+    metrics = evaluate_task(predict, task, args.batch_size)
+    seconds = time.perf_counter() - start
+    sizes = ", ".join(f"{name} {len(ex)}" for name, ex in task.dev_sets.items())
+    print(f"{task.name} ({sizes} examples): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if args.output:
+        write_json(Path(args.output), {"model": str(args.model), "task": task.name, "metrics": metrics,
+                                       "examples": {n: len(ex) for n, ex in task.dev_sets.items()},
+                                       "seconds": round(seconds, 2)})
+        print(f"metrics written to {args.output}")
+
+
+def cmd_export(args):
+    from .checkpoints import load_model
+    from .errors import PrunekitError
+    if not args.onnx:
+        raise PrunekitError("name the format: --onnx (the only one so far)")
+    from prunekit.export.onnx_export import check_output_dir, check_request, export_onnx
+    check_request(args.opset, args.quantize, args.fp16, args.device)  # before the model is loaded
+    if not args.overwrite:
+        check_output_dir(Path(args.output), overwrite=False)
+    model = load_model(args.model)
+    if model.tokenizer is None:
+        raise PrunekitError(f"{args.model} has no tokenizer files: export validates on real text and ships them")
+    r = export_onnx(model, args.output, opset=args.opset, optimize=args.optimize, quantize=args.quantize,
+                    fp16=args.fp16, device=args.device, overwrite=args.overwrite, source=args.model, progress=True)
+    parity = ", ".join(f"{k} {v['max_abs_diff']:.1e}" for k, v in r["parity"].items())
+    print(f"{args.model} -> {args.output}/model.onnx ({r['variant']}{', optimised' if r['optimized'] else ''}, "
+          f"opset {r['opset']}, {r['size_bytes'] / 2**20:.1f} MiB{', external data' if r['external_data'] else ''})")
+    print(f"parity with PyTorch on {len(r['validation']['inputs'])} inputs (ORT CPU, max abs diff of logits, "
+          f"atol {next(iter(r['parity'].values()))['atol']:.0e}): {parity}")
+    if r["optimized"]:
+        f = r["fusion"]
+        print(f"fused: {f['attention_nodes']} Attention nodes for {f['layers_with_heads']} layers with heads "
+              f"(heads {f['attention_num_heads']}); " + ", ".join(f"{k} {v}" for k, v in f["fused_ops"].items()))
+    if "quantized" in r:
+        q = r["quantized"]
+        agree = "" if q["argmax_agreement"] is None else f", argmax agreement {q['argmax_agreement']:.1%}"
+        print(f"{r['variant']}: logits move by up to {q['max_abs_diff']:.1e}{agree}; judge it by the task metric: "
+              f"prunekit eval --model {args.output} --task TASK")
+    print(f"report: {args.output}/export_report.json")
+
+
+def data_args(args) -> dict:
+    """load_task's data arguments from the shared --glue-dir/--train-file/... options."""
+    columns = [c.strip() for c in args.text_columns.split(",")] if args.text_columns else None
+    return dict(glue_dir=args.glue_dir, max_length=args.max_length, train_file=getattr(args, "train_file", None),
+                dev_file=args.dev_file, text_columns=columns, label_column=args.label_column)
+
+
+def add_data_options(p, train: bool):
+    p.add_argument("--task", required=train, help="GLUE task (sst2, mrpc, rte, cola, stsb, qqp, mnli, qnli, wnli; "
+                   "SST-2 style names work too) or a name for custom data" + ("" if train else
+                   " (default: the task the model was fine-tuned on)"))
+    p.add_argument("--glue-dir", help="glue_data directory with <TASK>/train.tsv, dev.tsv (default: $GLUE_DIR; "
+                   "without either, HF datasets' glue)")
+    if train:
+        p.add_argument("--train-file", help="custom training data (.tsv, .csv or .jsonl, with a header)")
+    p.add_argument("--dev-file", help="custom dev data (.tsv, .csv or .jsonl)")
+    p.add_argument("--text-columns", help="custom data: one or two text columns, comma-separated (e.g. premise,hypothesis)")
+    p.add_argument("--label-column", help="custom data: the label column (default: label)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per example, truncating longer ones (default 128)")
+    p.add_argument("--device", default=default_device(), help="cpu or cuda (default: %(default)s)")
+
+
+def default_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunekit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +158,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length for the MACs report")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("finetune", help="fine-tune a model on a task (makes the teacher)")
+    p.add_argument("--model", default="minilm", help="'minilm' (default), a model directory, or a hub id")
+    p.add_argument("--output", required=True, help="run directory; the best model is saved there")
+    add_data_options(p, train=True)
+    p.add_argument("--epochs", type=float, default=3.0, help="default 3")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    p.add_argument("--batch-size", type=int, default=32, help="default 32")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="default 0.01")
+    p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps with linear warm-up (default 0.1)")
+    p.add_argument("--seed", type=int, default=42, help="default 42")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (quick runs)")
+    p.add_argument("--max-train-samples", type=int, help="use only the first N training examples")
+    p.add_argument("--eval-every", type=int, help="steps between dev evaluations (default: once per epoch)")
+    p.add_argument("--save-every", type=int, help="steps between resume checkpoints (default: at each evaluation)")
+    p.add_argument("--no-group-by-length", action="store_true", help="plain shuffled batches (slower: more padding)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from <output>/last")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output run")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("eval", help="score a model on a task's dev set(s)")
+    p.add_argument("--model", required=True, help="a fine-tuned model directory (dense or compact)")
+    add_data_options(p, train=False)
+    p.add_argument("--batch-size", type=int, default=128, help="default 128")
+    p.add_argument("--output", help="also write the metrics to this JSON file")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="export a model to ONNX, validated against PyTorch (optionally fused, int8, fp16)")
+    p.add_argument("--onnx", action="store_true", help="export to ONNX (the only format so far)")
+    p.add_argument("--model", required=True, help="'minilm' or a model directory (dense or compact)")
+    p.add_argument("--output", required=True, help="directory for model.onnx, config.json, tokenizer, export_report.json")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 14-20 (default 17)")
+    p.add_argument("--optimize", action="store_true", help="ONNX Runtime transformer fusion (per-layer head counts)")
+    p.add_argument("--quantize", metavar="int8", help="int8: dynamic quantisation for the CPU provider")
+    p.add_argument("--fp16", action="store_true", help="half precision for the CUDA provider (needs --device cuda)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the provider the export targets")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
