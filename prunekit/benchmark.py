@@ -42,18 +42,27 @@ def warm_up(fn, min_calls: int = 3, min_seconds: float = 0.5) -> int:
 
 
 def time_interleaved(runners: dict, rounds: int, clock=time.perf_counter, progress=None) -> dict:
-    """Time each runner once per round, rotating the order every round; returns name -> [seconds]."""
+    """Time each runner once per round, rotating the order every round; returns name -> [seconds].
+
+    A runner that times itself (CUDA events) returns its own seconds; otherwise the clock is used.
+    """
     names = list(runners)
     times = {n: [] for n in names}
     for r in range(rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
             start = clock()
-            runners[name]()
-            times[name].append(clock() - start)
+            own = runners[name]()
+            times[name].append(clock() - start if own is None else own)
         if progress is not None:
             progress.update(1)
     return times
+
+
+def rounds_for(per_round_seconds: float, budget_seconds: float, min_rounds: int, max_rounds: int) -> int:
+    """How many timed rounds fit a time budget, never fewer than min_rounds nor more than max_rounds."""
+    fit = int(budget_seconds / max(per_round_seconds, 1e-9))
+    return max(min_rounds, min(max_rounds, fit))
 
 
 def speedups(stats: dict, dense: str) -> dict:

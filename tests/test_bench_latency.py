@@ -1,0 +1,55 @@
+"""A tiny end-to-end run of bench/latency.py: it must write a valid table, JSON and PNG."""
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+import prunekit
+from conftest import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_latency", ROOT / "bench" / "latency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_bench_run_writes_table_json_and_png(tmp_path, capsys):
+    dense = tiny_model()
+    dense.save_pretrained(tmp_path / "dense")
+    compact = prunekit.prune(dense, prunekit.Masks(z_head=torch.tensor([[1., 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 0]]),
+                                                   z_int=(torch.arange(36).view(3, 12) % 2).float()))
+    compact.save_pretrained(tmp_path / "pt-tiny")
+    (tmp_path / "pt-tiny" / "report.json").write_text(json.dumps({"main_metric": "accuracy", "metrics": {"accuracy": 0.8}}))
+    (tmp_path / "dense" / "eval.json").write_text(json.dumps({"main_metric": "accuracy", "metrics": {"accuracy": 0.9}}))
+    bench = load_bench()
+    out = tmp_path / "res" / "lat"
+    rc = bench.main(["--dense", str(tmp_path / "dense"), "--runs", str(tmp_path), "--runtimes", "torch", "ort",
+                     "--batch", "1", "2", "--seq", "8", "--budget", "0.05", "--min-rounds", "3",
+                     "--warmup-calls", "1", "--warmup-seconds", "0", "--cache", str(tmp_path / "cache"), "--out", str(out)])
+    assert rc == 0
+    doc = json.loads(out.with_name("lat.json").read_text())
+    assert {"torch", "onnxruntime", "cpu", "threads"} <= set(doc["environment"])
+    assert set(doc["models"]) == {"dense:dense", "pruned:pt-tiny"}        # found under --runs by itself
+    assert len(doc["rows"]) == 2 * 2 * 1 * 2                              # models x runtimes x seqs x batches
+    for row in doc["rows"]:
+        assert row["runs"] >= 3 and 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        if row["model"] == "dense:dense":
+            assert row["speedup"] == 1.0 and row["macs_ratio"] == 1.0
+        else:
+            assert row["macs_ratio"] > 1.5
+    md = out.with_name("lat.md").read_text()
+    assert "| model | runtime | batch | seq | P50 ms |" in md and md in capsys.readouterr().out
+    for png in ("lat-latency.png", "lat-pareto.png"):
+        assert out.with_name(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_bad_input_exits_2(tmp_path, capsys):
+    bench = load_bench()
+    assert bench.main(["--dense", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "model directory not found" in capsys.readouterr().err
+    assert bench.main(["--runtimes", "tensorrt", "--out", str(tmp_path / "x")]) == 2
