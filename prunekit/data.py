@@ -349,7 +349,7 @@ def hub_examples(spec: GlueSpec, split, where: str) -> tuple:
     for col in (*spec.hf_text, "label"):
         if col not in split.column_names:
             raise PrunekitError(f"{where}: no column {col!r} (columns: {', '.join(split.column_names)})")
-    labels = split["label"]
+    labels = list(split["label"])  # a Column in datasets 5: make it a list
     if spec.labels is None:
         labels = [float(y) for y in labels]
     else:
@@ -364,7 +364,7 @@ def hub_examples(spec: GlueSpec, split, where: str) -> tuple:
                 raise PrunekitError(f"{where} row {row}: label {y} is not in the label set {names} "
                                     "(a test split without labels?)")
         labels = [to_ours[y] for y in labels]
-    texts = [split[c] for c in spec.hf_text]
+    texts = [list(split[c]) for c in spec.hf_text]
     return texts[0], (texts[1] if len(texts) > 1 else None), labels
 
 

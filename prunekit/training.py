@@ -179,12 +179,13 @@ class Trainer:
         self.step = 0
         self.best = None          # {"step", metrics...} of the best evaluation so far
         self.history = []         # one dict per evaluation
+        self.losses = []          # training losses since the last evaluation
         self.train_seconds = 0.0
 
     # -- what is learned (override these) -------------------------------------------------------
-    def loss(self, batch) -> tuple[torch.Tensor, dict]:
-        """The training loss of one batch, and anything worth logging beside it."""
-        return self.model(**batch).loss, {}
+    def loss(self, batch) -> torch.Tensor:
+        """The training loss of one batch."""
+        return self.model(**batch).loss
 
     def parameter_groups(self) -> list[dict]:
         """No weight decay on biases and LayerNorm weights (the BERT recipe)."""
@@ -196,6 +197,18 @@ class Trainer:
                 {"params": no_decay, "weight_decay": 0.0}]
 
     # -- the loop ------------------------------------------------------------------------------
+    def train_step(self, batch) -> float:
+        """One optimisation step on one batch; returns the loss."""
+        loss = self.loss(batch)
+        if not torch.isfinite(loss):
+            raise PrunekitError(f"loss became {loss.item()} at step {self.step + 1}; try a lower --lr")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
     def fit(self, resume: bool = False) -> dict:
         """Train to the end (or resume from <output>/last), then return the metrics summary."""
         a = self.args
@@ -210,31 +223,24 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"finetune {self.task.name}", unit="step",
                    disable=not a.progress, mininterval=1 if sys.stderr.isatty() else 30)
-        losses, started = [], time.perf_counter()
+        started = time.perf_counter()
         while self.step < self.total_steps:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
             plan = batch_indices(self.task.train, a.batch_size, shuffle=True, seed=a.seed + epoch,
                                  group_by_length=a.group_by_length)
             for idx in plan[skip:]:
                 batch = {k: v.to(a.device) for k, v in collate([self.task.train[i] for i in idx]).items()}
-                loss, logs = self.loss(batch)
-                if not torch.isfinite(loss):
-                    raise PrunekitError(f"loss became {loss.item()} at step {self.step + 1}; try a lower --lr")
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                self.losses.append(self.train_step(batch))
                 self.step += 1
-                losses.append(loss.item())
+                recent = self.losses[-50:]
                 bar.update(1)
-                bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
                                 refresh=False)
                 done = self.step >= self.total_steps
                 if self.step % self.eval_every == 0 or done:
                     self.train_seconds += time.perf_counter() - started
-                    self.evaluate_and_keep_best(sum(losses) / len(losses), bar)
-                    losses, started = [], time.perf_counter()
+                    self.evaluate_and_keep_best(bar)
+                    started = time.perf_counter()
                 if self.step % self.save_every == 0 and not done:
                     self.train_seconds += time.perf_counter() - started
                     self.save_checkpoint()
@@ -255,7 +261,9 @@ class Trainer:
         self.model.train()
         return metrics
 
-    def evaluate_and_keep_best(self, train_loss: float, bar=None):
+    def evaluate_and_keep_best(self, bar=None):
+        train_loss = sum(self.losses) / len(self.losses)
+        self.losses = []
         record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
                   "train_loss": round(train_loss, 5), **self.evaluate()}
         self.history.append(record)
@@ -284,7 +292,8 @@ class Trainer:
             rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
         save_file(rng, str(tmp / "rng.safetensors"))
         write_json(tmp / "state.json", {
-            "step": self.step, "best": self.best, "history": self.history, "train_seconds": self.train_seconds,
+            "step": self.step, "best": self.best, "history": self.history, "losses": self.losses,
+            "train_seconds": self.train_seconds,
             "param_groups": opt["param_groups"], "scheduler": self.scheduler.state_dict(),
             "args": {k: getattr(self.args, k) for k in RESUME_KEYS}, "total_steps": self.total_steps})
         if last.exists():
@@ -316,7 +325,7 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         if torch.cuda.is_available() and "cuda0" in rng:
             torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count())])
-        self.step, self.best, self.history = state["step"], state["best"], state["history"]
+        self.step, self.best, self.history, self.losses = state["step"], state["best"], state["history"], state["losses"]
         self.train_seconds = state["train_seconds"]
         with open(self.out / "log.jsonl", "w") as f:  # drop evaluations made after this checkpoint
             f.writelines(json.dumps(r) + "\n" for r in self.history)
