@@ -1,0 +1,146 @@
+"""Running an exported model with ONNX Runtime: OnnxClassifier takes the same batch dict as the
+PyTorch model and returns logits, on the CPU provider or, with device="cuda", on the CUDA provider
+with IO binding.
+
+ONNX Runtime falls back to the CPU provider without failing when CUDA cannot start (missing
+libcublas/cudnn, no GPU); it only logs. Here that is an error: asking for CUDA and getting the
+CPU is never what the caller meant, and benchmark numbers taken that way would be wrong.
+"""
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from prunekit.errors import PrunekitError
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+DEVICES = ("cpu", "cuda")
+CUDA = "CUDAExecutionProvider"
+
+
+def onnx_file(path) -> Path:
+    """A model directory (holding model.onnx) or an .onnx file -> the .onnx file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise PrunekitError(f"no ONNX model at {path}")
+    return path
+
+
+def providers_for(device: str) -> list:
+    """The provider list for a device; CUDA keeps the CPU provider for nodes CUDA lacks kernels for."""
+    if device not in DEVICES:
+        raise PrunekitError(f"device must be one of {DEVICES}, not {device!r}")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if CUDA not in ort.get_available_providers():
+        raise PrunekitError("this onnxruntime build has no CUDA provider; install onnxruntime-gpu for --device cuda")
+    return [(CUDA, {"device_id": 0}), "CPUExecutionProvider"]
+
+
+def new_session(model, device: str = "cpu", threads: int | None = None) -> ort.InferenceSession:
+    """An ORT session (model: an .onnx path or serialized bytes) on the given device; raises
+    PrunekitError if CUDA was asked for but is not active."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if device == "cuda":
+        opts.log_severity_level = 4  # our own error below says it better than ORT's dlopen message
+    try:
+        session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                       providers=providers_for(device))
+    except PrunekitError:
+        raise
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types, all plain Exceptions
+        where = "the model" if isinstance(model, bytes) else model
+        raise PrunekitError(f"ONNX Runtime cannot load {where}: {str(e).splitlines()[0]}") from None
+    if device == "cuda" and session.get_providers()[0] != CUDA:
+        raise PrunekitError("ONNX Runtime could not start its CUDA provider (no GPU, or CUDA/cuDNN libraries "
+                            "missing) and would silently run on the CPU; use --device cpu or fix the CUDA install")
+    return session
+
+
+def require_cuda() -> None:
+    """Fail early, before any export work, when the CUDA provider cannot really run."""
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "cuda_probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    new_session(probe.SerializeToString(), device="cuda")
+
+
+def as_numpy(value, dtype=np.int64) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(value), dtype=dtype)
+
+
+class OnnxClassifier:
+    """An exported prunekit model behind the PyTorch model's calling convention.
+
+        clf = OnnxClassifier("out/", device="cpu", threads=2)
+        logits = clf({"input_ids": ..., "attention_mask": ..., "token_type_ids": ...})  # (B, num_labels)
+
+    Extra keys in the batch (labels, ...) are ignored; a missing token_type_ids means all zeros.
+    """
+
+    def __init__(self, path, device: str = "cpu", threads: int | None = None):
+        self.path = onnx_file(path)
+        self.device = device
+        self.session = new_session(self.path, device, threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_name = self.session.get_outputs()[0].name
+        unknown = set(self.input_names) - set(INPUT_NAMES)
+        if unknown:
+            raise PrunekitError(f"{self.path} has inputs {sorted(unknown)} that a BERT classifier does not take")
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def feeds(self, batch) -> dict:
+        if "input_ids" not in batch:
+            raise PrunekitError("batch has no input_ids")
+        ids = as_numpy(batch["input_ids"])
+        out = {}
+        for name in self.input_names:
+            if name in batch and batch[name] is not None:
+                out[name] = as_numpy(batch[name])
+            elif name == "token_type_ids":
+                out[name] = np.zeros_like(ids)
+            elif name == "attention_mask":
+                out[name] = np.ones_like(ids)
+        return out
+
+    def __call__(self, batch) -> torch.Tensor:
+        feeds = self.feeds(batch)
+        if self.device == "cuda":
+            return torch.from_numpy(self._run_cuda(feeds))
+        return torch.from_numpy(self.session.run([self.output_name], feeds)[0])
+
+    def _run_cuda(self, feeds) -> np.ndarray:
+        # IO binding: inputs are copied to the GPU once and the output stays there until the copy
+        # back, instead of ORT staging every tensor through host memory per run.
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+        binding.bind_output(self.output_name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+
+def onnx_predictor(model_dir, device: str = "cpu"):
+    """What `prunekit eval` scores for an export directory: (OnnxClassifier, tokenizer, config)."""
+    from prunekit.checkpoints import load_tokenizer, read_config
+    from prunekit.config import PrunekitBertConfig
+    model_dir = Path(model_dir)
+    config = PrunekitBertConfig.from_dict(read_config(model_dir))
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer is None:
+        raise PrunekitError(f"{model_dir} has model.onnx but no tokenizer files (vocab.txt / tokenizer.json)")
+    return OnnxClassifier(model_dir, device), tokenizer, config
