@@ -245,12 +245,14 @@ def load_task(task: str, tokenizer, glue_dir=None, max_length: int = 128, train_
         raise PrunekitError(f"max_length must be at least 2, got {max_length}")
     spec = GLUE.get(canonical_task(task) or "")
     if train_file or dev_file:
-        texts, label_col, names, is_regression = custom_layout(task, spec, text_columns, label_column, labels)
+        texts, label_col, names, is_regression = custom_layout(spec, text_columns, label_column, labels)
         raw = {}
         if train_file and with_train:
             raw["train"] = read_rows(Path(train_file))
         if dev_file:
             raw["dev"] = read_rows(Path(dev_file))
+        if not raw:
+            raise PrunekitError("no data to read: a training file was given but training data was not asked for")
         if names is None and not is_regression:
             names = infer_labels(raw.get("train") or raw["dev"], label_col, Path(train_file or dev_file))
         label2id = None if is_regression else {n: i for i, n in enumerate(names)}
@@ -278,7 +280,7 @@ def load_task(task: str, tokenizer, glue_dir=None, max_length: int = 128, train_
                 dev_sets={k: encoded(v) for k, v in dev_sets.items()})
 
 
-def custom_layout(task, spec, text_columns, label_column, labels):
+def custom_layout(spec, text_columns, label_column, labels):
     """Text columns, label column, label names and regression flag for custom files."""
     if text_columns:
         texts = tuple(text_columns)

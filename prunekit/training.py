@@ -161,8 +161,9 @@ class Trainer:
             raise PrunekitError(f"{task.name}: no training examples")
         if not task.dev_sets:
             raise PrunekitError(f"{task.name}: no dev set to evaluate on")
-        if args.batch_size < 1 or args.lr <= 0 or args.epochs <= 0 or (args.max_steps is not None and args.max_steps < 1):
-            raise PrunekitError("batch size, learning rate, epochs and max steps must be positive")
+        counts = (args.batch_size, args.max_steps, args.eval_every, args.save_every, args.eval_batch_size)
+        if args.lr <= 0 or args.epochs <= 0 or any(n is not None and n < 1 for n in counts):
+            raise PrunekitError("learning rate, epochs, batch sizes, max steps, eval and save intervals must be positive")
         self.model, self.task, self.args = model.to(args.device), task, args
         set_task_labels(model.config, task)
         self.out = Path(args.output)
