@@ -40,14 +40,20 @@ def providers_for(device: str) -> list:
     return [(CUDA, {"device_id": 0}), "CPUExecutionProvider"]
 
 
-def new_session(model, device: str = "cpu", threads: int | None = None) -> ort.InferenceSession:
+def new_session(model, device: str = "cpu", threads: int | None = None, spinning: bool = True) -> ort.InferenceSession:
     """An ORT session (model: an .onnx path or serialized bytes) on the given device; raises
-    PrunekitError if CUDA was asked for but is not active."""
+    PrunekitError if CUDA was asked for but is not active.
+
+    spinning=False stops idle intra-op threads from busy-waiting after a run: with several sessions
+    in one process (a benchmark interleaving models) the spinning threads of one session otherwise
+    steal the cores the next session runs on."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if device == "cuda":
         opts.log_severity_level = 4  # our own error below says it better than ORT's dlopen message
     try:
@@ -89,10 +95,10 @@ class OnnxClassifier:
     Extra keys in the batch (labels, ...) are ignored; a missing token_type_ids means all zeros.
     """
 
-    def __init__(self, path, device: str = "cpu", threads: int | None = None):
+    def __init__(self, path, device: str = "cpu", threads: int | None = None, spinning: bool = True):
         self.path = onnx_file(path)
         self.device = device
-        self.session = new_session(self.path, device, threads)
+        self.session = new_session(self.path, device, threads, spinning)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
         unknown = set(self.input_names) - set(INPUT_NAMES)
