@@ -115,7 +115,9 @@ def make_runner(runtime: str, model, onnx_dir: Path | None, batch: dict, device:
                 m(**feeds)
         return run
     from prunekit.export import OnnxClassifier
-    clf = OnnxClassifier(onnx_dir, device="cuda" if "cuda" in runtime else "cpu", threads=threads)
+    # spinning off: sessions are interleaved, and the idle threads of the session that just ran would
+    # otherwise busy-wait on the cores the next one needs
+    clf = OnnxClassifier(onnx_dir, device="cuda" if "cuda" in runtime else "cpu", threads=threads, spinning=False)
     feeds = clf.feeds(batch)
     if clf.device == "cuda":
         return lambda: (clf._run_cuda(feeds), None)[1]
