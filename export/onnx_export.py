@@ -202,6 +202,10 @@ def export_onnx(model, out_dir, *, opset: int = DEFAULT_OPSET, optimize: bool = 
             report["quantized"] = {**info, **validate.drift(cases, path_of("fp16"), "cuda")}
             bar.update()
 
+        if device == "cuda" and not fp16:  # the fp32 graph was checked on the CPU; record what CUDA gives
+            step("cuda", "drift")
+            report["cuda"] = validate.drift(cases, tmp / "model.onnx", "cuda")
+
         # 4. the directory a deployer uses: model, config, tokenizer, report
         final = onnx.load(str(tmp / "model.onnx"), load_external_data=False)
         report["node_counts"]["final"] = opt.op_counts(final)

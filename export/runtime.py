@@ -6,6 +6,7 @@ ONNX Runtime falls back to the CPU provider without failing when CUDA cannot sta
 libcublas/cudnn, no GPU); it only logs. Here that is an error: asking for CUDA and getting the
 CPU is never what the caller meant, and benchmark numbers taken that way would be wrong.
 """
+import json
 from pathlib import Path
 
 import numpy as np
@@ -149,4 +150,7 @@ def onnx_predictor(model_dir, device: str = "cpu"):
     tokenizer = load_tokenizer(model_dir)
     if tokenizer is None:
         raise PrunekitError(f"{model_dir} has model.onnx but no tokenizer files (vocab.txt / tokenizer.json)")
+    report = model_dir / "export_report.json"
+    if device != "cuda" and report.is_file() and json.loads(report.read_text()).get("variant") == "fp16":
+        raise PrunekitError(f"{model_dir} is an fp16 export for the CUDA provider: evaluate it with --device cuda")
     return OnnxClassifier(model_dir, device), tokenizer, config

@@ -110,7 +110,9 @@ def cmd_export(args):
         q = r["quantized"]
         agree = "" if q["argmax_agreement"] is None else f", argmax agreement {q['argmax_agreement']:.1%}"
         print(f"{r['variant']}: logits move by up to {q['max_abs_diff']:.1e}{agree}; judge it by the task metric: "
-              f"prunekit eval --model {args.output} --task TASK")
+              f"prunekit eval --model {args.output} --task TASK" + (" --device cuda" if args.device == "cuda" else ""))
+    if "cuda" in r:
+        print(f"CUDA provider: logits within {r['cuda']['max_abs_diff']:.1e} of PyTorch")
     print(f"report: {args.output}/export_report.json")
 
 

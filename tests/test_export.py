@@ -48,7 +48,8 @@ def tiny_structures():
     both = Masks(z_mha=torch.tensor([1.0, 0.0, 1.0]), z_ffn=torch.tensor([1.0, 0.0, 1.0]))  # layer 1: empty
     return {"dense": None, "uneven heads, zero-head layer": Masks(z_head=heads),
             "zero-FFN layer": Masks(z_int=ffn), "reduced hidden": Masks(z_hidden=hidden),
-            "all at once": Masks(z_head=heads * 0.7, z_int=ffn * 1.3, z_hidden=hidden), "empty layer": both}
+            "all at once": Masks(z_head=heads * 0.7, z_int=ffn * 1.3, z_hidden=hidden), "empty layer": both,
+            "no attention anywhere": Masks(z_mha=torch.zeros(L))}
 
 
 def as_numpy(batch):
@@ -92,6 +93,14 @@ def test_exported_graph_has_dynamic_batch_and_sequence_and_literal_heads(tmp_pat
         if n.op_type == "Concat" and len(n.input) == 4 and all(i in consts for i in n.input[2:]):
             tails.append((int(consts[n.input[2]].item()), int(consts[n.input[3]].item())))
     assert sorted(tails) == sorted([(3, 4)] * 3 + [(1, 4)] * 3)  # Q, K, V of layer 0 and layer 2
+
+
+@pytest.mark.parametrize("opset", [14, 20])
+def test_other_opsets_export_and_fuse(opset, tmp_path):
+    model = prunekit.prune(tiny(), tiny_structures()["all at once"])
+    report = export_onnx(model, tmp_path / "out", opset=opset, optimize=True)
+    assert report["opset"] == opset and report["fusion"]["attention_num_heads"] == [3, 1]
+    assert max(r["max_abs_diff"] for r in report["parity"].values()) <= 1e-4
 
 
 def test_train_mode_model_is_exported_without_dropout(tmp_path):
