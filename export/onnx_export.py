@@ -33,7 +33,7 @@ from . import validate
 
 DEFAULT_OPSET = 17   # first opset with LayerNormalization; ORT's fusions are tested on it
 OPSETS = range(14, 21)  # the TorchScript exporter's range that ORT's BERT fusions handle
-MAX_IR_VERSION = 10  # onnxruntime-gpu 1.31.1 refuses IR 14; 10 loads in every ORT since 1.16
+MAX_IR_VERSION = 10  # onnxruntime-gpu 1.31.1 refuses IR 14; IR 10 loads in every ORT since 1.17
 EXTERNAL_DATA_ABOVE = 1 << 30  # weights above 1 GiB go to model.onnx.data (protobuf's limit is 2 GiB)
 OUTPUT_NAMES = ("logits",)
 DYNAMIC_AXES = {**{name: {0: "batch", 1: "sequence"} for name in runtime.INPUT_NAMES}, "logits": {0: "batch"}}

@@ -164,6 +164,24 @@ def test_int8_export_runs_and_stays_close_on_tiny(tmp_path):
     assert report["parity"]["optimized"]["max_abs_diff"] <= 1e-4  # the graph it came from was exact
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_fp16_conversion_is_right_where_it_can_be_checked(fused, tmp_path):
+    # the fp16 graph is meant for CUDA; ORT's CPU provider still runs it, which checks the conversion
+    from prunekit.export import quantize
+    model = prunekit.prune(tiny(), tiny_structures()["all at once"])
+    export_onnx(model, tmp_path / "fp32", optimize=fused)
+    graph, _ = quantize.to_fp16(onnx.load(str(tmp_path / "fp32" / "model.onnx")))
+    weights = [t for t in graph.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in weights) > 0.9 * len(weights)
+    assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT   # logits stay fp32
+    onnx.save(graph, tmp_path / "fp16.onnx")
+    batch = random_batch(seed=3)
+    with torch.no_grad():
+        want = model(**batch).logits
+    diff = (OnnxClassifier(tmp_path / "fp16.onnx")(batch) - want).abs().max()
+    assert 0 < diff < 1e-2  # fp16 rounding on O(1) logits, not a wiring error
+
+
 def test_large_weights_go_to_external_data(tmp_path):
     model = tiny()
     report = export_onnx(model, tmp_path / "out", optimize=True, external_data_above=0)
