@@ -21,10 +21,6 @@ from onnx import numpy_helper
 
 from prunekit.errors import PrunekitError
 
-FUSED_OPS = ("Attention", "SkipLayerNormalization", "BiasGelu", "Gelu", "FastGelu", "LayerNormalization",
-             "EmbedLayerNormalization")
-
-
 @contextmanager
 def quiet_logs(level=logging.WARNING):
     """ORT's optimizer and quantizer log routine notes as warnings; keep the user's terminal clean."""

@@ -22,7 +22,7 @@ ATOL = 1e-4  # fp32 ORT vs PyTorch on the logits (BERT's tolerance in Optimum an
 RANDOM_SHAPES = ((1, 1), (1, 9), (3, 16), (4, 40), (2, 128))
 
 # Real text, tokenised with the model's own tokenizer: sentences and pairs, short and long, so that
-# padding, token types and truncation all occur.
+# padding and both token types occur with real vocabulary.
 SENTENCES = [
     "a gripping , beautifully shot film that never lets go .",
     "it 's a dull , lifeless mess .",
