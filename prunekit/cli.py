@@ -116,6 +116,42 @@ def cmd_export(args):
     print(f"report: {args.output}/export_report.json")
 
 
+def cmd_compress(args):
+    from .errors import PrunekitError
+    if args.method == "cofi":
+        raise PrunekitError("--method cofi is not implemented yet; use --method post-training")
+    if args.method != "post-training":
+        raise PrunekitError(f"unknown --method {args.method!r} (post-training; cofi is coming)")
+    if (args.macs is None) == (args.latency is None):
+        raise PrunekitError("give exactly one budget: --macs FRACTION or --latency FRACTION (the part kept, in (0, 1))")
+    from .posttrain.pipeline import Constraint, run
+    kind, value = ("macs", args.macs) if args.macs is not None else ("latency", args.latency)
+    constraint = Constraint(kind, value, latency_batch=args.latency_batch, latency_seq_len=args.latency_seq_len,
+                            lut_cache=args.lut_cache, device=args.device)
+    report = run(args.teacher, args.task, args.output, constraint, num_samples=args.num_samples, seed=args.seed,
+                 batch_size=args.batch_size, data=data_args(args), overwrite=args.overwrite, device=args.device,
+                 evaluate=not args.no_eval)
+    print(summarise_compress(report, args.output))
+
+
+def summarise_compress(r: dict, output) -> str:
+    c = r["constraint"]
+    lines = [f"{r['task']}: {c['kind']} kept <= {c['value']:g} -> MACs kept {r['macs_kept']:.3f}, "
+             f"params kept {r['params_kept']:.3f}" + (f", block latency kept {r['latency_kept_table']:.3f} (table)"
+                                                    if "latency_kept_table" in r else "")]
+    lines.append("heads per layer " + " ".join(str(x["heads"]) for x in r["structure"]) +
+                 "; FFN per layer " + " ".join(str(x["ffn"]) for x in r["structure"]))
+    if r["dev_metrics"]:
+        m = r["main_metric"]
+        lines.append(f"dev {m}: " + ", ".join(f"{stage} {v[m]:.4f}" for stage, v in r["dev_metrics"].items()))
+    sec = r["seconds"]
+    lines.append(f"pruning {sec['pruning']:.1f} s (" + ", ".join(f"{s} {sec.get(s, 0):.1f}" for s in
+                                                           ("fisher", "search", "rearrange", "tune")) + ")" +
+                 (f"; evaluation {sec['evaluation']:.1f} s" if "evaluation" in sec else ""))
+    lines.append(f"compact model, masks.safetensors and report.json in {output}")
+    return "\n".join(lines)
+
+
 def data_args(args) -> dict:
     """load_task's data arguments from the shared --glue-dir/--train-file/... options."""
     columns = [c.strip() for c in args.text_columns.split(",")] if args.text_columns else None
@@ -198,6 +234,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the provider the export targets")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("compress", help="prune a fine-tuned model to a MAC or latency budget, save the compact model")
+    p.add_argument("--method", default="post-training", help="post-training (Kwon et al. 2022; default) or cofi")
+    p.add_argument("--teacher", required=True, help="fine-tuned model directory (prunekit finetune, or an HF BERT "
+                   "classifier)")
+    add_data_options(p, train=True)
+    p.add_argument("--macs", type=float, help="fraction of the teacher's MACs to keep, in (0, 1), at the task's "
+                   "measured length distribution")
+    p.add_argument("--latency", type=float, help="fraction of the teacher's block latency to keep, in (0, 1), from "
+                   "latency tables measured at --latency-batch x --latency-seq-len")
+    p.add_argument("--output", required=True, help="directory for the compact model, masks.safetensors, report.json")
+    p.add_argument("--num-samples", type=int, default=2048, help="training examples for Fisher and tuning (default 2048)")
+    p.add_argument("--batch-size", type=int, default=32, help="Fisher batch size (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
+    p.add_argument("--latency-batch", type=int, default=32, help="deployment batch size for the latency tables (default 32)")
+    p.add_argument("--latency-seq-len", type=int, default=128, help="deployment sequence length (default 128)")
+    p.add_argument("--lut-cache", help="latency table cache, JSON (default ~/.cache/prunekit/latency_lut.json)")
+    p.add_argument("--no-eval", action="store_true", help="skip the dev evaluations (they are not pruning time)")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    for action in p._actions:  # Kwon et al.'s max length per task, not the shared default
+        if action.dest == "max_length":
+            action.help = "tokens per example (default: 64 for sst2 and cola, as Kwon et al., else 128)"
+    p.set_defaults(func=cmd_compress, max_length=None)
     return parser
 
 

@@ -41,6 +41,7 @@ class SublayerFit:
     status: str              # "ok", "skipped: ...", or "kept scale 1: ..."
     error_before: float = float("nan")  # sum of squared reconstruction errors with scales 1
     error_after: float = float("nan")   # ... with the fitted scales (equal to before unless status is ok)
+    target_energy: float = float("nan")  # sum of squares of the fitted target (errors are exact to ~1e-6 of it)
     scales: list = field(default_factory=list)
 
 
@@ -82,21 +83,36 @@ class _Normal:
             return ones, f"kept scale 1: |scale| {float(s.abs().max()):.3g} > {max_scale:g}", before, before
         return s, "ok", before, self.error(s)
 
+    def fit(self, l, kind, ridge, max_scale):
+        s, status, before, after = self.solve(ridge, max_scale)
+        return s, SublayerFit(l, kind, len(s), status, before, after, self.btb)
+
 
 @torch.no_grad()
 def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bool = True, ridge: float = 1e-3,
-               max_scale: float = 10.0, progress: bool = True):
+               max_scale: float = 10.0, max_fit_tokens: int | None = None, seed: int = 0, progress: bool = True):
     """Fit real-valued scales for the student's kept heads and neurons.
 
     batches: a list of dicts with input_ids, attention_mask, token_type_ids (the same sample is
-    walked once per layer, so it is consumed into memory). teacher, student: Masks with z_head and
-    z_int for the dense model. Returns (tuned Masks, [SublayerFit per sublayer]).
+    walked once per layer, so it is held in memory). teacher, student: Masks with z_head and z_int
+    for the dense model. Returns (tuned Masks, [SublayerFit per sublayer]).
+
+    Both models run in their compact form (prunekit.prune), which computes exactly what the masked
+    model computes but only over kept units: the teacher costs ~sqrt(c) and the student ~c of the
+    dense model. A compact head / neuron carries its current mask value folded into its weights, so
+    a fitted scale s multiplies that value.
+
+    max_fit_tokens: fit on at most about this many real tokens, drawn at random once for all layers
+    (None: all of them). Every token gives d equations for at most F unknowns, so a few ten
+    thousand tokens pin the scales down; the FFN's normal equations cost tokens * F^2, which on the
+    full sample would cost more than the model's own forward.
     """
-    enc = model.bert
+    from ..surgery import prune
     dev = next(model.parameters()).device
     model.eval()
-    t_head, t_int = teacher.z_head.to(dev), teacher.z_int.to(dev)
-    head, neuron = student.z_head.clone().to(dev).float(), student.z_int.clone().to(dev).float()
+    t_model = prune(model, Masks(z_head=teacher.z_head, z_int=teacher.z_int)).eval()
+    s_model = prune(model, Masks(z_head=student.z_head, z_int=student.z_int)).eval()
+    head, neuron = student.z_head.clone().float().cpu(), student.z_int.clone().float().cpu()
     # per batch: teacher input, student input, additive attention bias, real-token mask
     xt, xs, biases, tok = [], [], [], []
     for b in batches:
@@ -105,92 +121,114 @@ def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bo
         types = torch.zeros_like(ids) if types is None else types.to(dev)
         am = b.get("attention_mask")
         am = torch.ones_like(ids) if am is None else am.to(dev)
-        x = enc.embeddings(ids, types)
+        x = model.bert.embeddings(ids, types)
         xt.append(x)
         xs.append(x)  # both models share the embeddings; later layers replace the entries
         biases.append(attention_bias(am, x.dtype))
         tok.append(am.bool())
+    total = sum(int(t.sum()) for t in tok)
+    g = torch.Generator().manual_seed(seed)
+    keep = 1.0 if max_fit_tokens is None or total <= max_fit_tokens else max_fit_tokens / total
+    sel = [t & (torch.rand(t.shape, generator=g) < keep).to(t.device) for t in tok]  # the tokens that are fitted
     fits = []
-    L = len(enc.layers)
+    L = model.config.num_layers
     for l in tqdm(range(L), desc="tune", disable=not progress, leave=False):
-        layer = enc.layers[l]
-        cls_only = cls_only_last and l == L - 1
-        if layer.attention.num_heads > 0:
-            fit = _tune_attention(layer.attention, l, xt, xs, biases, tok, t_head[l], head[l], cls_only, ridge, max_scale)
+        t_layer, s_layer = t_model.bert.layers[l], s_model.bert.layers[l]
+        last = l == L - 1
+        cls_only = cls_only_last and last
+        if model.config.num_heads[l] > 0:
+            kept = head[l].nonzero().flatten()
+            fit, s = _tune_attention(t_layer.attention, s_layer.attention, l, xt, xs, biases, sel, cls_only,
+                                     ridge, max_scale)
+            head[l, kept] *= s.float().cpu()
             fits.append(fit)
-        if layer.ffn.width > 0:
-            fit = _tune_ffn(layer.ffn, l, xt, xs, tok, t_int[l], neuron[l], cls_only, ridge, max_scale)
+        if model.config.ffn_dim[l] > 0:
+            kept = neuron[l].nonzero().flatten()
+            fit, s = _tune_ffn(t_layer.ffn, s_layer.ffn, l, xt, xs, sel, cls_only, ridge, max_scale, advance=not last)
+            neuron[l, kept] *= s.float().cpu()
             fits.append(fit)
-    return Masks(z_head=head.cpu(), z_int=neuron.cpu()), fits
+    return Masks(z_head=head, z_int=neuron), fits
 
 
-def _tune_attention(att, l, xt, xs, biases, tok, z_teacher, z_student, cls_only, ridge, max_scale):
-    """Fit the scales of the kept heads of layer l (z_student is updated in place) and advance xt, xs."""
-    kept = z_student.nonzero().flatten()
-    t_alive = bool((z_teacher != 0).any())
-    dh, d = att.head_dim, att.output.weight.shape[0]
-    W = att.output.weight[:, (kept[:, None] * dh + torch.arange(dh, device=kept.device)).flatten()]  # (d, k*dh)
-    W = W.view(d, len(kept), dh).permute(1, 2, 0)                                                   # (k, dh, d)
-    normal = _Normal(len(kept))
-    fit_it = len(kept) > 0 and t_alive
-    for i in range(len(xt)):
-        # teacher: pre-LN output (target) and post-LN output (next input)
-        out_t = att.project(att.heads(xt[i], biases[i], z_teacher))
-        pre_t = out_t + xt[i]
-        xt[i] = att.residual(out_t, xt[i], None, torch.tensor(t_alive, device=xt[i].device))
-        if not fit_it:
-            continue
-        ctx = att.heads(xs[i], biases[i], z_student)[:, kept]         # (B, k, S, dh), at the current scales
-        A = torch.einsum("bksh,khd->bskd", ctx, W)                    # (B, S, k, d): head h's share of W_O ctx
-        r = pre_t - att.output.bias - xs[i]                           # (B, S, d)
-        A, r = _tokens(A, tok[i], cls_only).double(), _tokens(r, tok[i], cls_only).double()  # (N, k, d), (N, d)
-        normal.AtA += torch.einsum("nkd,njd->kj", A, A)
-        normal.Atb += torch.einsum("nkd,nd->k", A, r)
-        normal.btb += float((r * r).sum())
+def _tune_attention(t_att, s_att, l, xt, xs, biases, tok, cls_only, ridge, max_scale):
+    """Fit the scales of the student's heads in layer l; advance xt and xs past the attention sublayer.
+    t_att, s_att: the compact teacher's and student's attention (their kept heads only)."""
+    k, dh = s_att.num_heads, s_att.head_dim
+    fit_it = k > 0 and t_att.num_heads > 0
+    ones = torch.ones(k, dtype=torch.float64)
     if not fit_it:
-        why = "skipped: no kept heads" if len(kept) == 0 else "skipped: the teacher has no heads here"
-        fit = SublayerFit(l, "attention", len(kept), why)
-    else:
-        s, status, before, after = normal.solve(ridge, max_scale)
-        z_student[kept] = z_student[kept] * s.to(z_student.dtype)
-        fit = SublayerFit(l, "attention", len(kept), status, before, after, s.tolist())
-    s_alive = (z_student != 0).any()
-    for i in range(len(xs)):
-        out_s = att.project(att.heads(xs[i], biases[i], z_student))
-        xs[i] = att.residual(out_s, xs[i], None, s_alive)
-    return fit
-
-
-def _tune_ffn(ffn, l, xt, xs, tok, z_teacher, z_student, cls_only, ridge, max_scale):
-    """Fit the scales of the kept neurons of layer l (z_student is updated in place) and advance xt, xs."""
-    kept = z_student.nonzero().flatten()
-    t_alive = bool((z_teacher != 0).any())
-    Wk = ffn.down.weight[:, kept].double()                            # (d, k): neuron j writes W_down[:, j]
-    normal = _Normal(len(kept))
-    fit_it = len(kept) > 0 and t_alive
-    HtH = torch.zeros(len(kept), len(kept), dtype=torch.float64, device=Wk.device)
+        why = "skipped: no kept heads" if k == 0 else "skipped: the teacher has no heads here"
+        for i in range(len(xt)):
+            xt[i], xs[i] = t_att(xt[i], biases[i]), s_att(xs[i], biases[i])
+        return SublayerFit(l, "attention", k, why), ones
+    Wo = s_att.output.weight                                          # (d, k*dh): head h owns columns h*dh:(h+1)*dh
+    G = torch.zeros(k * dh, k * dh, dtype=torch.float64, device=Wo.device)
+    normal, ctxs = _Normal(k), []
     for i in range(len(xt)):
-        out_t = ffn.down(ffn.hidden(xt[i], z_teacher))
-        pre_t = out_t + xt[i]
-        xt[i] = ffn.residual(out_t, xt[i], None, torch.tensor(t_alive, device=xt[i].device))
-        if not fit_it:
-            continue
-        h = _tokens(ffn.hidden(xs[i], z_student)[..., kept], tok[i], cls_only).double()  # (N, k)
-        r = _tokens(pre_t - ffn.down.bias - xs[i], tok[i], cls_only).double()   # (N, d)
-        # A (N*d, k) has column j = h_j (x) w_j; A^T A = (H^T H) * (W^T W), A^T b = sum_t h_j(t) (w_j . r_t)
-        HtH += h.T @ h
-        normal.Atb += (h * (r @ Wk)).sum(0)
-        normal.btb += float((r * r).sum())
-    if not fit_it:
-        why = "skipped: no kept neurons" if len(kept) == 0 else "skipped: the teacher has no neurons here"
-        fit = SublayerFit(l, "ffn", len(kept), why)
-    else:
-        normal.AtA = HtH * (Wk.T @ Wk)
-        s, status, before, after = normal.solve(ridge, max_scale)
-        z_student[kept] = z_student[kept] * s.to(z_student.dtype)
-        fit = SublayerFit(l, "ffn", len(kept), status, before, after)
-    s_alive = (z_student != 0).any()
+        out_t = t_att.project(t_att.heads(xt[i], biases[i]))
+        pre_t = out_t + xt[i]                                          # the teacher's pre-LN output: the target
+        ctx = s_att.heads(xs[i], biases[i])                            # (B, k, S, dh)
+        ctxs.append(ctx)
+        B, _, S, _ = ctx.shape
+        C = _tokens(ctx.permute(0, 2, 1, 3).reshape(B, S, k * dh), tok[i], cls_only)  # (N, k*dh) heads side by side
+        r = _tokens(pre_t - s_att.output.bias - xs[i], tok[i], cls_only)              # (N, d)
+        # regressor of head h: A_h(t) = W_O[:, h] ctx_h(t), never formed:
+        #   A^T A [h, j] = sum over the (h, j) block of (C^T C) * (W_O^T W_O);  A^T b [h] = sum over block h of C * (r W_O)
+        G += (C.T @ C).double()
+        normal.Atb += (C * (r @ Wo)).sum(0).view(k, dh).sum(1).double()
+        normal.btb += float((r.double() ** 2).sum())
+        xt[i] = t_att.residual(out_t, xt[i], None, None)
+    normal.AtA = (G * (Wo.T @ Wo).double()).view(k, dh, k, dh).sum((1, 3))
+    s, fit = normal.fit(l, "attention", ridge, max_scale)
+    fit.scales = s.tolist()
+    z = s.to(xs[0].dtype)
     for i in range(len(xs)):
-        out_s = ffn.down(ffn.hidden(xs[i], z_student))
-        xs[i] = ffn.residual(out_s, xs[i], None, s_alive)
-    return fit
+        ctx = ctxs[i] * z.view(1, k, 1, 1)
+        xs[i] = s_att.residual(s_att.project(ctx), xs[i], None, None)
+    return fit, s
+
+
+def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, advance=True):
+    """Fit the scales of the student's neurons in layer l; advance xt and xs past the FFN sublayer
+    (unless advance is False: after the last layer nobody reads them)."""
+    k = s_ffn.width
+    fit_it = k > 0 and t_ffn.width > 0
+    ones = torch.ones(k, dtype=torch.float64)
+    if not fit_it:
+        why = "skipped: no kept neurons" if k == 0 else "skipped: the teacher has no neurons here"
+        for i in range(len(xt)):
+            xt[i], xs[i] = t_ffn(xt[i]), s_ffn(xs[i])
+        return SublayerFit(l, "ffn", k, why), ones
+    Wk = s_ffn.down.weight                                            # (d, k): neuron j writes column j
+    normal = _Normal(k)
+    # the student's activations are kept for the output pass when they fit in ~1 GB, else recomputed
+    store = advance and sum(x.shape[0] * x.shape[1] for x in xs) * k <= 2.5e8
+    hs = []
+    for i in range(len(xt)):
+        if cls_only:  # only [CLS] is read after the last layer: the FFNs (per token) run on it alone
+            x_t, x_s = xt[i][:, 0], xs[i][:, 0]                       # (B, d)
+            r = t_ffn.down(t_ffn.hidden(x_t)) + x_t - s_ffn.down.bias - x_s
+            h = s_ffn.hidden(x_s)                                     # (B, k)
+        else:
+            out_t = t_ffn.down(t_ffn.hidden(xt[i]))
+            r = _tokens(out_t + xt[i] - s_ffn.down.bias - xs[i], tok[i], False)  # (N, d)
+            h_all = s_ffn.hidden(xs[i])                               # (B, S, k)
+            h = _tokens(h_all, tok[i], False)                         # (N, k)
+            if store:
+                hs.append(h_all)
+            if advance:
+                xt[i] = t_ffn.residual(out_t, xt[i], None, None)
+        # A (N*d, k) has column j = h_j (x) w_j: A^T A = (H^T H) * (W^T W), A^T b = sum_t h_j(t) (w_j . r_t)
+        normal.AtA += (h.T @ h).double()
+        normal.Atb += (h * (r @ Wk)).sum(0).double()
+        normal.btb += float((r.double() ** 2).sum())
+    normal.AtA *= (Wk.T @ Wk).double()
+    s, fit = normal.fit(l, "ffn", ridge, max_scale)
+    if advance:
+        if cls_only:
+            raise ValueError("cls_only is for the last layer, which is not advanced")
+        z = s.to(xs[0].dtype)
+        for i in range(len(xs)):
+            h = hs[i] * z if store else s_ffn.hidden(xs[i], z)
+            xs[i] = s_ffn.residual(s_ffn.down(h), xs[i], None, None)
+    return fit, s
