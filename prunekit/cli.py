@@ -127,7 +127,7 @@ def cmd_compress(args):
     from .posttrain.pipeline import Constraint, run
     kind, value = ("macs", args.macs) if args.macs is not None else ("latency", args.latency)
     constraint = Constraint(kind, value, latency_batch=args.latency_batch, latency_seq_len=args.latency_seq_len,
-                            lut_cache=args.lut_cache, device=args.device)
+                            lut_cache=args.lut_cache, latency_runtime=args.latency_runtime, device=args.device)
     report = run(args.teacher, args.task, args.output, constraint, num_samples=args.num_samples, seed=args.seed,
                  batch_size=args.batch_size, data=data_args(args), overwrite=args.overwrite, device=args.device,
                  evaluate=not args.no_eval)
@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
     p.add_argument("--latency-batch", type=int, default=32, help="deployment batch size for the latency tables (default 32)")
     p.add_argument("--latency-seq-len", type=int, default=128, help="deployment sequence length (default 128)")
+    p.add_argument("--latency-runtime", choices=("ort", "torch"), default="ort",
+                   help="runtime the latency tables are timed on (default ort: ONNX Runtime, as deployed)")
     p.add_argument("--lut-cache", help="latency table cache, JSON (default ~/.cache/prunekit/latency_lut.json)")
     p.add_argument("--no-eval", action="store_true", help="skip the dev evaluations (they are not pruning time)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")

@@ -393,3 +393,31 @@ def test_compress_refuses_a_missing_teacher_and_an_existing_output(teacher_dir, 
     (tmp_path / "o").mkdir()
     assert main(base + ["--teacher", str(teacher_dir), "--output", str(tmp_path / "o")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_latency_tables_are_cached_per_shape_and_reused(tmp_path):
+    from prunekit.posttrain.latency import load_or_measure
+    cfg = tiny_model().config
+    cache = tmp_path / "lut.json"
+    first, cached = load_or_measure(cfg, 2, 8, cache, runtime="torch", progress=False)
+    assert not cached and len(first["mha"]) == 4 and len(first["ffn"]) == 12
+    again, cached = load_or_measure(cfg, 2, 8, cache, runtime="torch", progress=False)
+    assert cached and again == first
+    other, cached = load_or_measure(cfg, 3, 8, cache, runtime="torch", progress=False)  # another shape: measured
+    assert not cached and len(json.loads(cache.read_text())) == 2
+
+
+def test_latency_tables_from_onnx_runtime(tmp_path):
+    from prunekit.posttrain.latency import load_or_measure
+    table, _ = load_or_measure(tiny_model().config, 2, 8, tmp_path / "lut.json", runtime="ort", progress=False)
+    assert table["runtime"] == "ort" and table["key"].startswith("ort|")
+    assert all(t > 0 for t in table["mha"] + table["ffn"])
+
+
+def test_a_cache_file_that_is_not_a_latency_table_is_refused_not_overwritten(tmp_path):
+    from prunekit.posttrain.latency import load_or_measure
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"\x00\x01 not json")
+    with pytest.raises(PrunekitError, match="not a readable JSON"):
+        load_or_measure(tiny_model().config, 2, 8, bad, runtime="torch", progress=False)
+    assert bad.read_bytes() == b"\x00\x01 not json"

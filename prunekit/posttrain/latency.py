@@ -10,13 +10,16 @@ timed runs after `warmup` runs.
 
 Tables are cached in one JSON file, keyed by runtime, device, thread count, block shape and input
 shape, so a second pruning run for the same deployment reuses them.
-Runtime: PyTorch eager ("torch"), on the CPU or, when given device="cuda", on a GPU (CUDA events).
-ONNX Runtime timing waits for the export module (issue 5); until then the runtime is PyTorch.
+Runtimes: "ort" (the default: each block exported to ONNX with static shapes and timed in an ONNX
+Runtime session, CPU provider, or CUDA with device="cuda"), the runtime prunekit deploys on; or
+"torch" (PyTorch eager; CUDA events on a GPU).
 """
+import io
 import json
 import os
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +83,38 @@ def _timer(device):
     return run
 
 
+class _Block(torch.nn.Module):
+    """One sublayer with positional inputs, for export: attention (x, bias) or FFN (x)."""
+
+    def __init__(self, sublayer):
+        super().__init__()
+        self.sublayer = sublayer
+
+    def forward(self, *inputs):
+        return self.sublayer(*inputs)
+
+
+def _runner(block, inputs: tuple, runtime: str, device: str):
+    """A zero-argument callable that runs the block once on the given runtime."""
+    if runtime == "torch":
+        return lambda: block(*inputs)
+    from prunekit.export.runtime import new_session
+    names = ["x", "bias"][:len(inputs)]
+    buf = io.BytesIO()
+    wrapper = _Block(block).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, tuple(t.cpu() for t in inputs), buf, dynamo=False, opset_version=17,
+                          input_names=names, output_names=["y"])
+    threads = torch.get_num_threads() if device == "cpu" else None
+    session = new_session(buf.getvalue(), device, threads)
+    feeds = {n: t.cpu().numpy() for n, t in zip(names, inputs)}
+    return lambda: session.run(None, feeds)
+
+
 @torch.no_grad()
 def measure_tables(config, batch: int, seq_len: int, device: str = "cpu", warmup: int = 2, repeats: int = 5,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, runtime: str = "ort") -> dict:
     """Measure {'mha': [ms for n = 1..H], 'ffn': [ms for n = 1..F]} for blocks shaped like config's."""
     H, F, d = config.num_heads[0], config.ffn_dim[0], config.hidden_size
     block_cfg = PrunekitBertConfig(hidden_size=d, head_dim=config.head_dim, num_heads=[H], ffn_dim=[F],
@@ -90,37 +122,40 @@ def measure_tables(config, batch: int, seq_len: int, device: str = "cpu", warmup
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, seq_len, d, generator=g).to(device)
     bias = torch.zeros(batch, 1, 1, seq_len, device=device)
-    timed = _timer(device)
+    timed = _timer(device if runtime == "torch" else "cpu")  # ORT's session.run returns when the work is done
     mha = []
     grid = ffn_grid(F)
     bar = tqdm(total=H + len(grid), desc=f"latency table b{batch} s{seq_len}", disable=not progress, leave=False)
     for n in range(1, H + 1):
         block = Attention(block_cfg, n).to(device).eval()
-        mha.append(timed(lambda: block(x, bias), warmup, repeats))
+        mha.append(timed(_runner(block, (x, bias), runtime, device), warmup, repeats))
         bar.update()
     ffn_at = []
     for n in grid:
         block = FeedForward(block_cfg, n).to(device).eval()
-        ffn_at.append(timed(lambda: block(x), warmup, repeats))
+        ffn_at.append(timed(_runner(block, (x,), runtime, device), warmup, repeats))
         bar.update()
     bar.close()
     ffn = np.interp(np.arange(1, F + 1), grid, ffn_at).tolist()
     return {"mha": mha, "ffn": ffn, "ffn_grid": grid, "ffn_measured": ffn_at, "unit": "ms",
-            "warmup": warmup, "repeats": repeats}
+            "warmup": warmup, "repeats": repeats, "runtime": runtime, "device": device}
 
 
-def load_or_measure(config, batch: int, seq_len: int, cache_path=None, device: str = "cpu", runtime: str = "torch",
+RUNTIMES = ("ort", "torch")
+
+
+def load_or_measure(config, batch: int, seq_len: int, cache_path=None, device: str = "cpu", runtime: str = "ort",
                     progress: bool = True) -> tuple[dict, bool]:
     """The table for this runtime/device/shape from the cache, or measured and added to it.
     Returns (table, came_from_cache)."""
-    if runtime != "torch":
-        raise ValueError(f"unknown latency runtime {runtime!r}")
+    if runtime not in RUNTIMES:
+        raise PrunekitError(f"unknown latency runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
     path = Path(cache_path) if cache_path is not None else DEFAULT_CACHE
     key = table_key(config, batch, seq_len, runtime, device)
     cache = _read_cache(path)
     if key in cache:
         return cache[key], True
-    table = measure_tables(config, batch, seq_len, device, progress=progress)
+    table = measure_tables(config, batch, seq_len, device, progress=progress, runtime=runtime)
     table["key"] = key
     cache = _read_cache(path)  # re-read: another run may have added tables meanwhile
     cache[key] = table

@@ -45,6 +45,7 @@ class Constraint:
     latency_batch: int = 32    # the deployment shape the latency tables are measured at
     latency_seq_len: int = 128
     lut_cache: str | None = None
+    latency_runtime: str = "ort"   # what the tables are timed on: ONNX Runtime (deployment) or torch
     device: str = "cpu"
 
     def check(self):
@@ -128,7 +129,7 @@ def search_masks(constraint: Constraint, config, head_imp, neuron_imp, sample_le
     else:
         from .latency import load_or_measure
         table, cached = load_or_measure(config, constraint.latency_batch, constraint.latency_seq_len,
-                                        constraint.lut_cache, constraint.device, progress=progress)
+                                        constraint.lut_cache, constraint.device, constraint.latency_runtime, progress)
         mha_fit, ffn_fit = fit_piecewise_linear(table["mha"]), fit_piecewise_linear(table["ffn"])
         L, H, F = config.num_layers, config.num_heads[0], config.ffn_dim[0]
         dense = float(L * (mha_fit(H) + ffn_fit(F)))
