@@ -355,7 +355,9 @@ def test_compress_verb_writes_a_compact_model_that_equals_the_masked_teacher(tea
     assert "warning:" in captured.err and "fine-tuned" in captured.err  # an untrained teacher is at chance
     assert "MACs kept" in captured.out
     assert {"config.json", "model.safetensors", "masks.safetensors", "report.json"} <= {p.name for p in out.iterdir()}
-    report = json.loads((out / "report.json").read_text())
+    def no_nan(token):
+        raise AssertionError(f"report.json has {token}: not strict JSON")
+    report = json.loads((out / "report.json").read_text(), parse_constant=no_nan)
     assert report["constraint"] == {**report["constraint"], "kind": "macs", "value": 0.5}
     assert report["max_length"] == 64 and report["macs_kept"] <= 0.5 + 1e-9
     teacher = prunekit.load_model(str(teacher_dir))

@@ -256,7 +256,7 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
         "num_samples": len(sample), "fisher_batches": len(batches),
         "fisher_batching": "by length" if fisher_by_length else "random", "batch_size": batch_size, "seed": seed,
         "rearrangement_objective": objective,
-        "tuning": [asdict(f) | {"scales": None} for f in fits],
+        "tuning": [_finite(asdict(f)) for f in fits],
         "tuning_ridge": ridge, "tuning_max_fit_tokens": max_fit_tokens,
         "compact_vs_masked_max_abs_diff": diff,
         "warnings": warnings,
@@ -266,6 +266,11 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
         report["latency_kept_table"] = (estimate_latency(tuned.z_head != 0, tuned.z_int != 0, table["mha"], table["ffn"])
                                         / estimate_latency(torch.ones(L, H), torch.ones(L, F), table["mha"], table["ffn"]))
     return compact, tuned, report
+
+
+def _finite(d: dict) -> dict:
+    """NaN (a skipped fit's errors) -> None, so report.json stays strict JSON."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
 def run(teacher: str, task_name: str, output: str, constraint: Constraint, num_samples: int = 2048, seed: int = 0,

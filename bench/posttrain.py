@@ -1,0 +1,154 @@
+"""Post-training pruning benchmark: MiniLM teachers on SST-2, MRPC and RTE.
+
+    python bench/posttrain.py                                   # everything below, resumable
+    python bench/posttrain.py --tasks mrpc --macs 0.5 --no-latency --no-speed
+
+For each task and each MAC budget (40/50/60% kept) and for the latency mode (50% of the teacher's
+block latency, tables timed in ONNX Runtime on this CPU at batch 32, seq 128), it runs
+`prunekit.posttrain.pipeline.run` (the code behind `prunekit compress --method post-training`) and
+records the dev metric of the teacher and after search, rearrangement and tuning, the pruning wall
+time per stage (Fisher + search + rearrange + tune; evaluation excluded), the process CPU time and
+the machine's load average, because the machine is shared. Compact models stay in
+runs/pt-<task>-<budget> (a finished one is reused, not recomputed). With --speed, the dense teacher
+and every compact model are exported to ONNX and timed interleaved in ORT-CPU at batch 32, seq 128
+(bench/latency.py's run_grid). With --ablations, MRPC at 50% MACs is also run with random Fisher
+batches and with all tokens in the least squares.
+Output: OUT.md and OUT.json (default bench/results/posttrain).
+"""
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from prunekit.benchmark import environment  # noqa: E402
+from prunekit.posttrain.pipeline import Constraint, run  # noqa: E402
+
+TARGET_DROP = {"sst2": 1.0, "mrpc": 1.5, "rte": 2.0}  # points, at 50% MACs (issue 4)
+
+
+def budgets(args):
+    out = [(f"{m:g}", Constraint("macs", m)) for m in args.macs]
+    if not args.no_latency:
+        out += [(f"lat{v:g}", Constraint("latency", v, latency_batch=32, latency_seq_len=128,
+                                          lut_cache=str(ROOT / "runs" / "latency_lut.json")))
+                for v in args.latency]
+    return out
+
+
+def run_one(task, tag, constraint, glue_dir, options=None, suffix=""):
+    out = ROOT / "runs" / f"pt-{task}-{tag}{suffix}"
+    if (out / "report.json").is_file():
+        print(f"reusing {out}", file=sys.stderr)
+        return json.loads((out / "report.json").read_text())
+    load = os.getloadavg()
+    report = run(str(ROOT / "runs" / f"teacher-{task}"), task, str(out), constraint, data={"glue_dir": glue_dir},
+                 overwrite=True, **(options or {}))
+    report["load_average_before"], report["load_average_after"] = load, os.getloadavg()
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def speed(results, threads):
+    spec = importlib.util.spec_from_file_location("bench_latency", ROOT / "bench" / "latency.py")
+    lat = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lat)
+    import prunekit
+    rows = []
+    for task in sorted({r["task"] for r in results}):
+        teacher = ROOT / "runs" / f"teacher-{task}"
+        models = {f"teacher-{task}": (prunekit.load_model(str(teacher)), teacher)}
+        for r in results:
+            if r["task"] == task:
+                path = Path(r["output"])
+                models[path.name] = (prunekit.load_model(str(path)), path)
+        rows += lat.run_grid(models, ["ort"], [32], [128], "cpu", threads, ROOT / "runs" / "bench-cache",
+                             budget=8.0, min_rounds=10, max_rounds=60, warmup_calls=3, warmup_seconds=1.0)
+    return rows
+
+
+def markdown(results, rows, env, command):
+    lines = ["# Post-training pruning (Kwon et al. 2022) on MiniLM teachers", "",
+             f"Command: `{command}`  ", f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, "
+             f"onnxruntime {env['onnxruntime']}, {env['threads']} threads. The machine was shared with other "
+             "developers' jobs: the load average before/after each run is in the JSON.", "",
+             "Dev metric (task's main metric, x100) of the teacher and after each stage; drop = teacher - tuned.", "",
+             "| task | budget | MACs kept | params kept | teacher | search | rearranged | tuned | drop | target | "
+             "pruning s (wall) | fisher | tune | CPU s / threads | load avg |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        m = r["main_metric"]
+        d = {k: 100 * v[m] for k, v in r["dev_metrics"].items()}
+        c = r["constraint"]
+        budget = f"{c['kind']} {c['value']:g}" + (" " + r.get("variant", "") if r.get("variant") else "")
+        target = f"≤ {TARGET_DROP[r['task']]:.1f}" if (c["kind"], c["value"]) == ("macs", 0.5) and not r.get("variant") else ""
+        s = r["seconds"]
+        lines.append(
+            f"| {r['task']} ({m}) | {budget} | {r['macs_kept']:.3f} | {r['params_kept']:.3f} | {d['teacher']:.2f} | "
+            f"{d['search']:.2f} | {d['rearranged']:.2f} | {d['tuned']:.2f} | {d['teacher'] - d['tuned']:+.2f} | {target} | "
+            f"{s['pruning']:.1f} | {s['fisher']:.1f} | {s['tune']:.1f} | "
+            f"{r['cpu_seconds']['pruning'] / r['threads']:.1f} | "
+            f"{r['load_average_before'][0]:.1f}/{r['load_average_after'][0]:.1f} |")
+    if rows:
+        lines += ["", "ORT-CPU latency, batch 32, seq 128 (bench/latency.py's run_grid: exported, validated, "
+                  "interleaved, P50):", "",
+                  "| model | P50 ms | speed-up vs its teacher | MAC reduction |", "|---|---:|---:|---:|"]
+        for row in rows:
+            lines.append(f"| {row.model} | {row.stats.p50_ms:.1f} | {row.speedup:.2f}× | {row.macs_ratio:.2f}× |")
+    lines += ["", "Per-layer structure (heads / FFN units per layer):", ""]
+    for r in results:
+        c = r["constraint"]
+        lines.append(f"- {r['task']} {c['kind']} {c['value']:g}{' ' + r['variant'] if r.get('variant') else ''}: heads "
+                     + " ".join(str(x["heads"]) for x in r["structure"]) + "; FFN "
+                     + " ".join(str(x["ffn"]) for x in r["structure"]))
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", nargs="+", default=["sst2", "mrpc", "rte"])
+    p.add_argument("--macs", nargs="+", type=float, default=[0.4, 0.5, 0.6])
+    p.add_argument("--latency", nargs="+", type=float, default=[0.5])
+    p.add_argument("--no-latency", action="store_true")
+    p.add_argument("--no-speed", action="store_true")
+    p.add_argument("--ablations", action="store_true")
+    p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", "/work/shared/data/glue"))
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "posttrain"))
+    args = p.parse_args()
+    results = []
+    for task in args.tasks:
+        for tag, constraint in budgets(args):
+            r = run_one(task, tag, constraint, args.glue_dir)
+            r["output"] = str(ROOT / "runs" / f"pt-{task}-{tag}")
+            results.append(r)
+    if args.ablations:
+        for name, options in (("random Fisher batches", {"fisher_by_length": False}),
+                              ("all tokens in the least squares", {"max_fit_tokens": None})):
+            suffix = "-" + name.split()[0]
+            r = run_one("mrpc", "0.5", Constraint("macs", 0.5), args.glue_dir, options, suffix)
+            r["variant"], r["output"] = name, str(ROOT / "runs" / f"pt-mrpc-0.5{suffix}")
+            results.append(r)
+    rows = [] if args.no_speed else speed([r for r in results if not r.get("variant")], torch.get_num_threads())
+    env = environment(torch.get_num_threads())
+    command = "python " + " ".join(sys.argv)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(markdown(results, rows, env, command))
+    payload = {"command": command, "environment": env, "results": results,
+               "latency": [{"model": r.model, "runtime": r.runtime, "batch": r.batch, "seq": r.seq,
+                            "p50_ms": r.stats.p50_ms, "p90_ms": r.stats.p90_ms, "speedup": r.speedup,
+                            "macs_ratio": r.macs_ratio} for r in rows],
+               "date": time.strftime("%Y-%m-%d %H:%M")}
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
