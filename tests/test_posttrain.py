@@ -423,3 +423,17 @@ def test_a_cache_file_that_is_not_a_latency_table_is_refused_not_overwritten(tmp
     with pytest.raises(PrunekitError, match="not a readable JSON"):
         load_or_measure(tiny_model().config, 2, 8, bad, runtime="torch", progress=False)
     assert bad.read_bytes() == b"\x00\x01 not json"
+
+
+def test_compress_verb_latency_mode_measures_then_reuses_its_tables(teacher_dir, glue_dir, tmp_path, capsys):
+    cmd = ["compress", "--teacher", str(teacher_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--latency", "0.6",
+           "--latency-batch", "2", "--latency-seq-len", "8", "--lut-cache", str(tmp_path / "lut.json"),
+           "--num-samples", "32", "--batch-size", "16", "--device", "cpu", "--no-eval"]
+    assert main(cmd + ["--output", str(tmp_path / "a")]) == 0
+    first = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert main(cmd + ["--output", str(tmp_path / "b")]) == 0
+    second = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert not first["constraint"]["latency_table_cached"] and second["constraint"]["latency_table_cached"]
+    assert first["constraint"]["latency_table"].startswith("ort|")
+    assert second["constraint"]["cost_under_search_model"] <= second["constraint"]["budget"] * (1 + 1e-9)
+    assert "block latency kept" in capsys.readouterr().out

@@ -117,8 +117,9 @@ def fisher_batches(sample: list, batch_size: int, by_length: bool, seed: int) ->
     return [collate([sample[i] for i in idx]) for idx in plan if len(idx) == batch_size]
 
 
-def search_masks(constraint: Constraint, config, head_imp, neuron_imp, sample_lengths, progress=True):
-    """(final SearchResult at c, teacher-assistant SearchResult at sqrt c, details for the report)."""
+def search_masks(constraint: Constraint, config, head_imp, neuron_imp, sample_lengths, table=None, progress=True):
+    """(final SearchResult at c, teacher-assistant SearchResult at sqrt c, details for the report).
+    table: the latency tables (latency.load_or_measure) for the latency constraint."""
     details = {}
     if constraint.kind == "macs":
         head_cost, neuron_cost = unit_macs(config, lengths=sample_lengths)
@@ -127,17 +128,13 @@ def search_masks(constraint: Constraint, config, head_imp, neuron_imp, sample_le
         details.update(mean_length=float(sum(sample_lengths) / len(sample_lengths)), dense_macs=dense,
                        macs_per_head=head_cost, macs_per_neuron=neuron_cost)
     else:
-        from .latency import load_or_measure
-        table, cached = load_or_measure(config, constraint.latency_batch, constraint.latency_seq_len,
-                                        constraint.lut_cache, constraint.device, constraint.latency_runtime, progress)
         mha_fit, ffn_fit = fit_piecewise_linear(table["mha"]), fit_piecewise_linear(table["ffn"])
         L, H, F = config.num_layers, config.num_heads[0], config.ffn_dim[0]
         dense = float(L * (mha_fit(H) + ffn_fit(F)))
         run = lambda frac: search_latency(head_imp, neuron_imp, mha_fit, ffn_fit, frac * dense)
-        details.update(latency_table=table["key"], latency_table_cached=cached, mha_fit=mha_fit.as_dict(),
+        details.update(latency_table=table["key"], mha_fit=mha_fit.as_dict(),
                        ffn_fit=ffn_fit.as_dict(), dense_latency_fit_ms=dense,
                        dense_latency_table_ms=estimate_latency(torch.ones(L, H), torch.ones(L, F), table["mha"], table["ffn"]))
-        details["_table"] = table
     results = [run(frac) for frac in tqdm([constraint.value, math.sqrt(constraint.value)], desc="search",
                                           disable=not progress, leave=False)]
     return results[0], results[1], details
@@ -197,8 +194,16 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
         g_head, g_int = mask_gradients(model, batches, progress)
         head_imp, neuron_imp = diagonal_fisher(g_head), diagonal_fisher(g_int)
 
+    table = None
+    if constraint.kind == "latency":
+        from .latency import load_or_measure
+        with watch("latency_table"):  # once per device and shape, then cached: not counted as pruning time
+            table, cached = load_or_measure(cfg, constraint.latency_batch, constraint.latency_seq_len,
+                                            constraint.lut_cache, constraint.device, constraint.latency_runtime, progress)
     with watch("search"):
-        final, assistant, details = search_masks(constraint, cfg, head_imp, neuron_imp, sample_lengths, progress)
+        final, assistant, details = search_masks(constraint, cfg, head_imp, neuron_imp, sample_lengths, table, progress)
+    if table is not None:
+        details["latency_table_cached"] = cached
     searched = Masks(z_head=final.head_mask, z_int=final.neuron_mask)
     teacher_masks = Masks(z_head=assistant.head_mask, z_int=assistant.neuron_mask)
     score("search", searched)
@@ -236,7 +241,6 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
             metrics["compact"] = evaluate_task(masked_predictor(compact, None, device), task, eval_batch_size, progress)
 
     rep = cost_report(compact.config, lengths=sample_lengths, reference=cfg)
-    table = details.pop("_table", None)
     report = {
         "method": "post-training",
         "task": task.name,
