@@ -25,7 +25,7 @@ for task in "${@:-mrpc rte sst2}"; do
     nice -n 10 $PRUNEKIT ${cmd#prunekit } > "runs/teacher-$t.log" 2>&1
     end=$(date +%s.%N)
     printf '{"command": "OMP_NUM_THREADS=%s %s", "wall_seconds": %.1f, "machine": "%s, %s cores, load %s at the end"}\n' \
-      "$OMP_NUM_THREADS" "$cmd" "$(echo "$end - $start" | bc)" "$(uname -m)" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" \
+      "$OMP_NUM_THREADS" "$cmd" "$(echo "$end - $start" | bc)" "$(uname -m)" "$(getconf _NPROCESSORS_ONLN)" "$(cut -d' ' -f1-3 /proc/loadavg)" \
       > "runs/teacher-$t.wall"
     cat "runs/teacher-$t.wall"
   done

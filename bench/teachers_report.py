@@ -9,14 +9,15 @@ RESULTS = ROOT / "bench" / "results"
 
 def main():
     teachers = []
-    for task in ("sst2", "mrpc", "rte"):
-        run, wall = ROOT / "runs" / f"teacher-{task}", ROOT / "runs" / f"teacher-{task}.wall"
-        if not (run / "metrics.json").is_file() or not wall.is_file():
+    for wall in sorted((ROOT / "runs").glob("teacher-*.wall")):
+        run = wall.with_suffix("")
+        if not (run / "metrics.json").is_file():
             continue
         m, w = json.loads((run / "metrics.json").read_text()), json.loads(wall.read_text())
         args = json.loads((run / "train_args.json").read_text())
-        teachers.append({"task": task, "command": w["command"], "wall_seconds": w["wall_seconds"], "machine": w["machine"],
-                         "main_metric": m["main_metric"], "best": m["best"], "final": m["final"], "steps": m["steps"],
+        teachers.append({"run": f"runs/{run.name}", "task": m["task"], "command": w["command"],
+                         "wall_seconds": w["wall_seconds"], "machine": w["machine"], "main_metric": m["main_metric"],
+                         "best": m["best"], "final": m["final"], "steps": m["steps"],
                          "seconds_per_step": m["seconds_per_step"], "train_examples": args["train_examples"],
                          "settings": {k: args[k] for k in ("epochs", "lr", "batch_size", "weight_decay", "warmup_ratio",
                                                             "seed", "eval_every", "group_by_length")}})
@@ -29,21 +30,26 @@ def main():
     lines = ["# MiniLM teachers (all-MiniLM-L6-v2 fine-tuned on GLUE dev sets)", "",
              "Best = the evaluation with the highest main metric (that checkpoint is the one saved, so it is chosen "
              "on the dev set it is scored on); final = the last evaluation.", "",
-             "| task | main metric | best (step) | final | steps | s/step | wall |", "|---|---|---|---|---|---|---|"]
+             "| run | task | lr | epochs | best (step) | final | steps | s/step | wall |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for t in teachers:
-        lines.append(f"| {t['task']} | {t['main_metric']} | {fmt(t['best'])} ({t['best']['step']}) | {fmt(t['final'])} "
-                     f"| {t['steps']} | {t['seconds_per_step']:.2f} | {t['wall_seconds'] / 60:.1f} min |")
+        lines.append(f"| {t['run']} | {t['task']} | {t['settings']['lr']:g} | {t['settings']['epochs']:g} "
+                     f"| {fmt(t['best'])} ({t['best']['step']}) | {fmt(t['final'])} | {t['steps']} "
+                     f"| {t['seconds_per_step']:.2f} | {t['wall_seconds'] / 60:.1f} min |")
     lines += ["", "Commands (from the repository root, `GLUE_DIR=../shared/data/glue`, via `bench/teachers.sh`):", ""]
-    lines += [f"- {t['task']}: `{t['command']}` ({t['machine']})" for t in teachers]
+    lines += [f"- {t['run']}: `{t['command']}` ({t['machine']})" for t in teachers]
     if speed:
-        lines += ["", "## Training speed, SST-2, batch 32", "", f"`GLUE_DIR=../shared/data/glue {speed['command']}` "
-                  f"({speed['machine']}; load average before: {' '.join(speed['load_before'])})", "",
-                  "| batches | s/step (mean) | s/step (median) | mean padded length | steps/epoch | epoch estimate |",
-                  "|---|---|---|---|---|---|"]
-        for r in speed["rows"]:
-            lines.append(f"| {'length-grouped' if r['group_by_length'] else 'plain shuffled'} | {r['seconds_per_step']:.3f} "
-                         f"| {r['median_seconds_per_step']:.3f} | {r['mean_padded_length']} | {r['steps_per_epoch']} "
-                         f"| {r['epoch_minutes_estimate']} min |")
+        lines += ["", "## Training speed, SST-2, batch 32", "",
+                  "Each row is one run of bench/train_speed.py; the machine is shared with other developers' jobs, "
+                  "so the load average is given with each.", "",
+                  "| command | machine | load before | batches | s/step mean | s/step median | CPU s/step | mean padded length "
+                  "| epoch estimate | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for m in speed:
+            for r in m["rows"]:
+                lines.append(f"| `{m['command']}` | {m['machine']} | {' '.join(m['load_before'])} "
+                             f"| {'length-grouped' if r['group_by_length'] else 'plain shuffled'} "
+                             f"| {r['seconds_per_step']:.3f} | {r['median_seconds_per_step']:.3f} | {r.get('cpu_seconds_per_step', '')} "
+                             f"| {r['mean_padded_length']} | {r['epoch_minutes_estimate']} min |" + f" {m.get('note', '')} |")
     (RESULTS / "teachers.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
