@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop after this many steps (quick runs)")
     p.add_argument("--max-train-samples", type=int, help="use only the first N training examples")
     p.add_argument("--eval-every", type=int, help="steps between dev evaluations (default: once per epoch)")
-    p.add_argument("--save-every", type=int, help="steps between resume checkpoints (default: at each evaluation)")
+    p.add_argument("--save-every", type=int, help="steps between resume checkpoints (default: at each evaluation, "
+                   "at most 200)")
     p.add_argument("--no-group-by-length", action="store_true", help="plain shuffled batches (slower: more padding)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from <output>/last")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output run")

@@ -108,7 +108,7 @@ class TrainArgs:
     seed: int = 42
     max_steps: int | None = None      # stop after this many steps (the schedule is fitted to it)
     eval_every: int | None = None     # steps between dev evaluations; None = once per epoch
-    save_every: int | None = None     # steps between resume checkpoints; None = at each evaluation
+    save_every: int | None = None     # steps between resume checkpoints; None = at each evaluation, at most 200
     eval_batch_size: int = 128
     group_by_length: bool = True
     device: str = "cpu"
@@ -173,7 +173,7 @@ class Trainer:
         if args.max_steps is not None:
             self.total_steps = min(self.total_steps, args.max_steps)
         self.eval_every = args.eval_every or self.steps_per_epoch
-        self.save_every = args.save_every or self.eval_every
+        self.save_every = args.save_every or min(self.eval_every, 200)  # an interruption loses minutes, not an epoch
         self.optimizer = torch.optim.AdamW(self.parameter_groups(), lr=args.lr)
         warmup = round(args.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_warmup_decay(warmup, self.total_steps))

@@ -273,3 +273,25 @@ def test_ragged_tsv_from_the_command_line_has_no_traceback(model_dir, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [
         f"prunekit finetune: error: {tmp_path}/SST-2/train.tsv line 3: 1 tab-separated fields, expected 2 (ragged row)"]
+
+
+def test_interrupted_finetune_verb_resumes_to_the_same_model(model_dir, glue_dir, tmp_path, monkeypatch, capsys):
+    base = ["finetune", "--model", str(model_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--max-length", "64",
+            "--epochs", "2", "--batch-size", "16", "--lr", "1e-3", "--save-every", "3"]
+    assert main(base + ["--output", str(tmp_path / "straight")]) == 0
+
+    real_step = Trainer.train_step
+
+    def ctrl_c_at_step_6(self, batch):
+        if self.step == 5:
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+    monkeypatch.setattr(Trainer, "train_step", ctrl_c_at_step_6)
+    assert main(base + ["--output", str(tmp_path / "cut")]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert main(base + ["--output", str(tmp_path / "cut"), "--resume"]) == 0
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "cut")  # the best model
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the step-8 train loss and dev score come from steps run after the resume (from step 3)
+    assert (tmp_path / "cut" / "log.jsonl").read_text() == (tmp_path / "straight" / "log.jsonl").read_text()
