@@ -120,8 +120,11 @@ def main():
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--ablations", action="store_true")
     p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", "/work/shared/data/glue"))
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2). On a machine shared "
+                   "with other jobs, 1 avoids OpenMP threads waiting on each other (seen: 5-10x slower with 2)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "posttrain"))
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     results = []
     for task in args.tasks:
         for tag, constraint in budgets(args):

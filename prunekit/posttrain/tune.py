@@ -90,7 +90,8 @@ class _Normal:
 
 @torch.no_grad()
 def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bool = True, ridge: float = 1e-3,
-               max_scale: float = 10.0, max_fit_tokens: int | None = None, seed: int = 0, progress: bool = True):
+               max_scale: float = 10.0, max_fit_tokens: int | None = None, seed: int = 0, precision: str = "fp32",
+               progress: bool = True):
     """Fit real-valued scales for the student's kept heads and neurons.
 
     batches: a list of dicts with input_ids, attention_mask, token_type_ids (the same sample is
@@ -106,6 +107,9 @@ def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bo
     (None: all of them). Every token gives d equations for at most F unknowns, so a few ten
     thousand tokens pin the scales down; the FFN's normal equations cost tokens * F^2, which on the
     full sample would cost more than the model's own forward.
+
+    precision="bf16": the teacher's and student's sublayers run under bfloat16 autocast (LayerNorm
+    stays fp32); the least-squares products and solves are always fp32/fp64.
     """
     from ..surgery import prune
     dev = next(model.parameters()).device
@@ -130,6 +134,8 @@ def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bo
     g = torch.Generator().manual_seed(seed)
     keep = 1.0 if max_fit_tokens is None or total <= max_fit_tokens else max_fit_tokens / total
     sel = [t & (torch.rand(t.shape, generator=g) < keep).to(t.device) for t in tok]  # the tokens that are fitted
+    bf16 = precision == "bf16"
+    amp = lambda: torch.autocast(torch.device(dev).type, dtype=torch.bfloat16, enabled=bf16)
     fits = []
     L = model.config.num_layers
     for l in tqdm(range(L), desc="tune", disable=not progress, leave=False):
@@ -139,18 +145,19 @@ def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bo
         if model.config.num_heads[l] > 0:
             kept = head[l].nonzero().flatten()
             fit, s = _tune_attention(t_layer.attention, s_layer.attention, l, xt, xs, biases, sel, cls_only,
-                                     ridge, max_scale)
+                                     ridge, max_scale, amp)
             head[l, kept] *= s.float().cpu()
             fits.append(fit)
         if model.config.ffn_dim[l] > 0:
             kept = neuron[l].nonzero().flatten()
-            fit, s = _tune_ffn(t_layer.ffn, s_layer.ffn, l, xt, xs, sel, cls_only, ridge, max_scale, advance=not last)
+            fit, s = _tune_ffn(t_layer.ffn, s_layer.ffn, l, xt, xs, sel, cls_only, ridge, max_scale, amp,
+                               advance=not last)
             neuron[l, kept] *= s.float().cpu()
             fits.append(fit)
     return Masks(z_head=head, z_int=neuron), fits
 
 
-def _tune_attention(t_att, s_att, l, xt, xs, biases, tok, cls_only, ridge, max_scale):
+def _tune_attention(t_att, s_att, l, xt, xs, biases, tok, cls_only, ridge, max_scale, amp):
     """Fit the scales of the student's heads in layer l; advance xt and xs past the attention sublayer.
     t_att, s_att: the compact teacher's and student's attention (their kept heads only)."""
     k, dh = s_att.num_heads, s_att.head_dim
@@ -159,16 +166,19 @@ def _tune_attention(t_att, s_att, l, xt, xs, biases, tok, cls_only, ridge, max_s
     if not fit_it:
         why = "skipped: no kept heads" if k == 0 else "skipped: the teacher has no heads here"
         for i in range(len(xt)):
-            xt[i], xs[i] = t_att(xt[i], biases[i]), s_att(xs[i], biases[i])
+            with amp():
+                xt[i], xs[i] = t_att(xt[i], biases[i]).float(), s_att(xs[i], biases[i]).float()
         return SublayerFit(l, "attention", k, why), ones
     Wo = s_att.output.weight                                          # (d, k*dh): head h owns columns h*dh:(h+1)*dh
     G = torch.zeros(k * dh, k * dh, dtype=torch.float64, device=Wo.device)
     normal, ctxs = _Normal(k), []
     for i in range(len(xt)):
-        out_t = t_att.project(t_att.heads(xt[i], biases[i]))
-        pre_t = out_t + xt[i]                                          # the teacher's pre-LN output: the target
-        ctx = s_att.heads(xs[i], biases[i])                            # (B, k, S, dh)
+        with amp():
+            out_t = t_att.project(t_att.heads(xt[i], biases[i]))
+            ctx = s_att.heads(xs[i], biases[i])                        # (B, k, S, dh)
+        pre_t = out_t.float() + xt[i]                                  # the teacher's pre-LN output: the target
         ctxs.append(ctx)
+        ctx = ctx.float()
         B, _, S, _ = ctx.shape
         C = _tokens(ctx.permute(0, 2, 1, 3).reshape(B, S, k * dh), tok[i], cls_only)  # (N, k*dh) heads side by side
         r = _tokens(pre_t - s_att.output.bias - xs[i], tok[i], cls_only)              # (N, d)
@@ -177,18 +187,20 @@ def _tune_attention(t_att, s_att, l, xt, xs, biases, tok, cls_only, ridge, max_s
         G += (C.T @ C).double()
         normal.Atb += (C * (r @ Wo)).sum(0).view(k, dh).sum(1).double()
         normal.btb += float((r.double() ** 2).sum())
-        xt[i] = t_att.residual(out_t, xt[i], None, None)
+        with amp():
+            xt[i] = t_att.residual(out_t, xt[i], None, None).float()
     normal.AtA = (G * (Wo.T @ Wo).double()).view(k, dh, k, dh).sum((1, 3))
     s, fit = normal.fit(l, "attention", ridge, max_scale)
     fit.scales = s.tolist()
     z = s.to(xs[0].dtype)
     for i in range(len(xs)):
-        ctx = ctxs[i] * z.view(1, k, 1, 1)
-        xs[i] = s_att.residual(s_att.project(ctx), xs[i], None, None)
+        with amp():
+            ctx = ctxs[i] * z.view(1, k, 1, 1)
+            xs[i] = s_att.residual(s_att.project(ctx), xs[i], None, None).float()
     return fit, s
 
 
-def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, advance=True):
+def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, amp, advance=True):
     """Fit the scales of the student's neurons in layer l; advance xt and xs past the FFN sublayer
     (unless advance is False: after the last layer nobody reads them)."""
     k = s_ffn.width
@@ -197,7 +209,8 @@ def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, advance=
     if not fit_it:
         why = "skipped: no kept neurons" if k == 0 else "skipped: the teacher has no neurons here"
         for i in range(len(xt)):
-            xt[i], xs[i] = t_ffn(xt[i]), s_ffn(xs[i])
+            with amp():
+                xt[i], xs[i] = t_ffn(xt[i]).float(), s_ffn(xs[i]).float()
         return SublayerFit(l, "ffn", k, why), ones
     Wk = s_ffn.down.weight                                            # (d, k): neuron j writes column j
     normal = _Normal(k)
@@ -207,17 +220,21 @@ def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, advance=
     for i in range(len(xt)):
         if cls_only:  # only [CLS] is read after the last layer: the FFNs (per token) run on it alone
             x_t, x_s = xt[i][:, 0], xs[i][:, 0]                       # (B, d)
-            r = t_ffn.down(t_ffn.hidden(x_t)) + x_t - s_ffn.down.bias - x_s
-            h = s_ffn.hidden(x_s)                                     # (B, k)
+            with amp():
+                out_t, h = t_ffn.down(t_ffn.hidden(x_t)), s_ffn.hidden(x_s)  # h: (B, k)
+            r = out_t.float() + x_t - s_ffn.down.bias - x_s
+            h = h.float()
         else:
-            out_t = t_ffn.down(t_ffn.hidden(xt[i]))
-            r = _tokens(out_t + xt[i] - s_ffn.down.bias - xs[i], tok[i], False)  # (N, d)
-            h_all = s_ffn.hidden(xs[i])                               # (B, S, k)
-            h = _tokens(h_all, tok[i], False)                         # (N, k)
+            with amp():
+                out_t = t_ffn.down(t_ffn.hidden(xt[i]))
+                h_all = s_ffn.hidden(xs[i])                           # (B, S, k)
+            r = _tokens(out_t.float() + xt[i] - s_ffn.down.bias - xs[i], tok[i], False)  # (N, d)
+            h = _tokens(h_all, tok[i], False).float()                 # (N, k)
             if store:
                 hs.append(h_all)
             if advance:
-                xt[i] = t_ffn.residual(out_t, xt[i], None, None)
+                with amp():
+                    xt[i] = t_ffn.residual(out_t, xt[i], None, None).float()
         # A (N*d, k) has column j = h_j (x) w_j: A^T A = (H^T H) * (W^T W), A^T b = sum_t h_j(t) (w_j . r_t)
         normal.AtA += (h.T @ h).double()
         normal.Atb += (h * (r @ Wk)).sum(0).double()
@@ -229,6 +246,7 @@ def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, advance=
             raise ValueError("cls_only is for the last layer, which is not advanced")
         z = s.to(xs[0].dtype)
         for i in range(len(xs)):
-            h = hs[i] * z if store else s_ffn.hidden(xs[i], z)
-            xs[i] = s_ffn.residual(s_ffn.down(h), xs[i], None, None)
+            with amp():
+                h = hs[i] * z if store else s_ffn.hidden(xs[i], z)
+                xs[i] = s_ffn.residual(s_ffn.down(h), xs[i], None, None).float()
     return fit, s
