@@ -11,8 +11,8 @@ time per stage (Fisher + search + rearrange + tune; evaluation excluded), the pr
 the machine's load average, because the machine is shared. Compact models stay in
 runs/pt-<task>-<budget> (a finished one is reused, not recomputed). With --speed, the dense teacher
 and every compact model are exported to ONNX and timed interleaved in ORT-CPU at batch 32, seq 128
-(bench/latency.py's run_grid). With --ablations, MRPC at 50% MACs is also run with random Fisher
-batches and with all tokens in the least squares.
+(bench/latency.py's run_grid). With --ablations, 50% MACs is also run with the variants in
+ABLATIONS (random Fisher batches, all tokens in the least squares, fp32, the reference's FFN target).
 Output: OUT.md and OUT.json (default bench/results/posttrain).
 """
 import argparse
@@ -32,6 +32,12 @@ from prunekit.benchmark import environment  # noqa: E402
 from prunekit.posttrain.pipeline import Constraint, run  # noqa: E402
 
 TARGET_DROP = {"sst2": 1.0, "mrpc": 1.5, "rte": 2.0}  # points, at 50% MACs (issue 4)
+ABLATIONS = [  # (run suffix, label, compress() options), each at 50% MACs
+    ("random", "random Fisher batches", {"fisher_by_length": False}),
+    ("alltokens", "all tokens in the least squares", {"max_fit_tokens": None}),
+    ("fp32", "fp32 Fisher and tuning", {"fisher_precision": "fp32", "tune_precision": "fp32"}),
+    ("densetarget", "dense FFN target (the reference's accident)", {"ffn_target": "dense"}),
+]
 
 
 def budgets(args):
@@ -118,7 +124,8 @@ def main():
     p.add_argument("--latency", nargs="+", type=float, default=[0.5])
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--no-speed", action="store_true")
-    p.add_argument("--ablations", action="store_true")
+    p.add_argument("--ablations", action="store_true", help="also run the ABLATIONS variants at 50%% MACs")
+    p.add_argument("--ablation-tasks", nargs="+", default=["mrpc", "rte"])
     p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", "/work/shared/data/glue"))
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2). On a machine shared "
                    "with other jobs, 1 avoids OpenMP threads waiting on each other (seen: 5-10x slower with 2)")
@@ -132,12 +139,11 @@ def main():
             r["output"] = str(ROOT / "runs" / f"pt-{task}-{tag}")
             results.append(r)
     if args.ablations:
-        for name, options in (("random Fisher batches", {"fisher_by_length": False}),
-                              ("all tokens in the least squares", {"max_fit_tokens": None})):
-            suffix = "-" + name.split()[0]
-            r = run_one("mrpc", "0.5", Constraint("macs", 0.5), args.glue_dir, options, suffix)
-            r["variant"], r["output"] = name, str(ROOT / "runs" / f"pt-mrpc-0.5{suffix}")
-            results.append(r)
+        for task in args.ablation_tasks:
+            for suffix, name, options in ABLATIONS:
+                r = run_one(task, "0.5", Constraint("macs", 0.5), args.glue_dir, options, "-" + suffix)
+                r["variant"], r["output"] = name, str(ROOT / "runs" / f"pt-{task}-0.5-{suffix}")
+                results.append(r)
     rows = [] if args.no_speed else speed([r for r in results if not r.get("variant")], torch.get_num_threads())
     env = environment(torch.get_num_threads())
     command = "python " + " ".join(sys.argv)

@@ -159,7 +159,8 @@ def warn_if_not_fine_tuned(task, metrics: dict, warnings: list):
 def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed: int = 0, batch_size: int = 32,
              evaluate: bool = True, eval_batch_size: int = 128, ridge: float = 1e-3, progress: bool = True,
              device: str = "cpu", warnings: list | None = None, fisher_by_length: bool = True,
-             max_fit_tokens: int | None = 32768, fisher_precision: str = "auto", tune_precision: str = "auto"):
+             max_fit_tokens: int | None = 32768, fisher_precision: str = "auto", tune_precision: str = "auto",
+             ffn_target: str = "assistant"):
     """Prune a fine-tuned model in place of retraining. Returns (compact model, tuned Masks, report dict)."""
     from ..metrics import main_metric
     from ..training import evaluate_task
@@ -227,7 +228,8 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
         # only [CLS] reaches the pooler, so the last layer reconstructs [CLS] alone (classification and regression)
         tuned, fits = tune_masks(model, tune_batches, teacher_masks, rearranged, cls_only_last=True, ridge=ridge,
                                  max_fit_tokens=max_fit_tokens, seed=seed,
-                                 precision=resolve_precision(tune_precision, device), progress=progress)
+                                 precision=resolve_precision(tune_precision, device), ffn_target=ffn_target,
+                                 progress=progress)
     score("tuned", tuned)
 
     with watch("surgery"):
@@ -265,7 +267,7 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
         "batch_size": batch_size, "seed": seed,
         "rearrangement_objective": objective,
         "tuning": [_finite(asdict(f)) for f in fits],
-        "tuning_ridge": ridge, "tuning_max_fit_tokens": max_fit_tokens,
+        "tuning_ridge": ridge, "tuning_max_fit_tokens": max_fit_tokens, "tuning_ffn_target": ffn_target,
         "compact_vs_masked_max_abs_diff": diff,
         "warnings": warnings,
     }

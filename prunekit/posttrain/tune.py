@@ -91,7 +91,7 @@ class _Normal:
 @torch.no_grad()
 def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bool = True, ridge: float = 1e-3,
                max_scale: float = 10.0, max_fit_tokens: int | None = None, seed: int = 0, precision: str = "fp32",
-               progress: bool = True):
+               ffn_target: str = "assistant", progress: bool = True):
     """Fit real-valued scales for the student's kept heads and neurons.
 
     batches: a list of dicts with input_ids, attention_mask, token_type_ids (the same sample is
@@ -110,6 +110,9 @@ def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bo
 
     precision="bf16": the teacher's and student's sublayers run under bfloat16 autocast (LayerNorm
     stays fp32); the least-squares products and solves are always fp32/fp64.
+
+    ffn_target: "assistant" (the default, see the module docstring) or "dense": the FFN target is the
+    dense FFN applied to the assistant's input, which is what the reference computed by accident.
     """
     from ..surgery import prune
     dev = next(model.parameters()).device
@@ -130,6 +133,8 @@ def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bo
         xs.append(x)  # both models share the embeddings; later layers replace the entries
         biases.append(attention_bias(am, x.dtype))
         tok.append(am.bool())
+    if ffn_target not in ("assistant", "dense"):
+        raise ValueError(f"ffn_target must be 'assistant' or 'dense', not {ffn_target!r}")
     total = sum(int(t.sum()) for t in tok)
     g = torch.Generator().manual_seed(seed)
     keep = 1.0 if max_fit_tokens is None or total <= max_fit_tokens else max_fit_tokens / total
@@ -151,7 +156,8 @@ def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bo
         if model.config.ffn_dim[l] > 0:
             kept = neuron[l].nonzero().flatten()
             fit, s = _tune_ffn(t_layer.ffn, s_layer.ffn, l, xt, xs, sel, cls_only, ridge, max_scale, amp,
-                               advance=not last)
+                               advance=not last,
+                               target_ffn=model.bert.layers[l].ffn if ffn_target == "dense" else None)
             neuron[l, kept] *= s.float().cpu()
             fits.append(fit)
     return Masks(z_head=head, z_int=neuron), fits
@@ -200,9 +206,11 @@ def _tune_attention(t_att, s_att, l, xt, xs, biases, tok, cls_only, ridge, max_s
     return fit, s
 
 
-def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, amp, advance=True):
+def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, amp, advance=True, target_ffn=None):
     """Fit the scales of the student's neurons in layer l; advance xt and xs past the FFN sublayer
-    (unless advance is False: after the last layer nobody reads them)."""
+    (unless advance is False: after the last layer nobody reads them). target_ffn: another FFN to
+    take the target from (the dense one, to reproduce the reference's accident); default t_ffn."""
+    target_ffn = t_ffn if target_ffn is None else target_ffn
     k = s_ffn.width
     fit_it = k > 0 and t_ffn.width > 0
     ones = torch.ones(k, dtype=torch.float64)
@@ -221,12 +229,12 @@ def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, amp, adv
         if cls_only:  # only [CLS] is read after the last layer: the FFNs (per token) run on it alone
             x_t, x_s = xt[i][:, 0], xs[i][:, 0]                       # (B, d)
             with amp():
-                out_t, h = t_ffn.down(t_ffn.hidden(x_t)), s_ffn.hidden(x_s)  # h: (B, k)
+                out_t, h = target_ffn.down(target_ffn.hidden(x_t)), s_ffn.hidden(x_s)  # h: (B, k)
             r = out_t.float() + x_t - s_ffn.down.bias - x_s
             h = h.float()
         else:
             with amp():
-                out_t = t_ffn.down(t_ffn.hidden(xt[i]))
+                out_t = target_ffn.down(target_ffn.hidden(xt[i]))
                 h_all = s_ffn.hidden(xs[i])                           # (B, S, k)
             r = _tokens(out_t.float() + xt[i] - s_ffn.down.bias - xs[i], tok[i], False)  # (N, d)
             h = _tokens(h_all, tok[i], False).float()                 # (N, k)
@@ -234,6 +242,8 @@ def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, amp, adv
                 hs.append(h_all)
             if advance:
                 with amp():
+                    if target_ffn is not t_ffn:
+                        out_t = t_ffn.down(t_ffn.hidden(xt[i]))
                     xt[i] = t_ffn.residual(out_t, xt[i], None, None).float()
         # A (N*d, k) has column j = h_j (x) w_j: A^T A = (H^T H) * (W^T W), A^T b = sum_t h_j(t) (w_j . r_t)
         normal.AtA += (h.T @ h).double()
