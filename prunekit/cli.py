@@ -130,7 +130,7 @@ def cmd_compress(args):
                             lut_cache=args.lut_cache, latency_runtime=args.latency_runtime, device=args.device)
     report = run(args.teacher, args.task, args.output, constraint, num_samples=args.num_samples, seed=args.seed,
                  batch_size=args.batch_size, data=data_args(args), overwrite=args.overwrite, device=args.device,
-                 evaluate=not args.no_eval)
+                 evaluate=not args.no_eval, allow_empty_sublayers=args.allow_empty_sublayers)
     print(summarise_compress(report, args.output))
 
 
@@ -255,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runtime the latency tables are timed on (default ort: ONNX Runtime, as deployed)")
     p.add_argument("--lut-cache", help="latency table cache, JSON (default ~/.cache/prunekit/latency_lut.json)")
     p.add_argument("--no-eval", action="store_true", help="skip the dev evaluations (they are not pruning time)")
+    p.add_argument("--allow-empty-sublayers", action="store_true", help="let a layer lose all its heads or all its "
+                   "FFN neurons (the sublayer, LayerNorm included, is then removed; off by default: it can wreck accuracy)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     for action in p._actions:  # Kwon et al.'s max length per task, not the shared default
         if action.dest == "max_length":

@@ -57,37 +57,51 @@ def test_bf16_mask_gradients_rank_units_like_fp32():
 
 # ---------------------------------------------------------------- MAC search
 
-def brute_force_mac(hi, ni, hc, nc, budget):
-    """Best summed importance over every subset of units (2^(L*H + L*F) of them) within the budget."""
+def brute_force_mac(hi, ni, hc, nc, budget, min_per_layer):
+    """Best summed importance over every subset of units (2^(L*H + L*F) of them) within the budget,
+    among those keeping at least min_per_layer heads and neurons in every layer."""
+    L, H = hi.shape
+    F = ni.shape[1]
     imp = torch.cat([hi.flatten(), ni.flatten()]).double()
     cost = torch.cat([torch.full((hi.numel(),), float(hc)), torch.full((ni.numel(),), float(nc))]).double()
     U = len(imp)
     bits = ((torch.arange(2 ** U)[:, None] >> torch.arange(U)) & 1).double()   # (2^U, U) every subset
     total_cost, total_imp = bits @ cost, bits @ imp
-    ok = total_cost <= budget + 1e-9
+    heads = bits[:, :L * H].view(-1, L, H).sum(2)                              # (2^U, L) heads kept per layer
+    neurons = bits[:, L * H:].view(-1, L, F).sum(2)
+    ok = (total_cost <= budget + 1e-9) & (heads >= min_per_layer).all(1) & (neurons >= min_per_layer).all(1)
     return float(total_imp[ok].max())
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("frac", [0.15, 0.4, 0.75])
-def test_mac_search_meets_budget_and_equals_brute_force(seed, frac):
+@pytest.mark.parametrize("frac", [0.15, 0.35, 0.5, 0.75])
+@pytest.mark.parametrize("min_per_layer", [0, 1])
+def test_mac_search_meets_budget_and_equals_brute_force(seed, frac, min_per_layer):
     g = torch.Generator().manual_seed(seed)
     L, H, F = 2, 3, 4
     hi, ni = torch.rand(L, H, generator=g, dtype=torch.float64) ** 2, torch.rand(L, F, generator=g, dtype=torch.float64) ** 2
     hc, nc = 7.0, 3.0
     budget = frac * (L * H * hc + L * F * nc)
-    res = search_mac(hi, ni, hc, nc, budget)
+    if budget < min_per_layer * L * (hc + nc):  # infeasible: one head and one neuron per layer cost 20
+        with pytest.raises(PrunekitError, match="too small"):
+            search_mac(hi, ni, hc, nc, budget, min_per_layer=min_per_layer)
+        return
+    res = search_mac(hi, ni, hc, nc, budget, min_per_layer=min_per_layer)
     cost = res.head_mask.sum() * hc + res.neuron_mask.sum() * nc
     assert cost <= budget + 1e-9 and abs(res.cost - float(cost)) < 1e-9
     assert set(res.head_mask.unique().tolist()) <= {0.0, 1.0}
     got = float((res.head_mask.double() * hi).sum() + (res.neuron_mask.double() * ni).sum())
     assert abs(got - res.score) < 1e-9
-    assert abs(got - brute_force_mac(hi, ni, hc, nc, budget)) < 1e-9
+    assert abs(got - brute_force_mac(hi, ni, hc, nc, budget, min_per_layer)) < 1e-9
+    if min_per_layer:
+        assert (res.head_mask.sum(1) >= 1).all() and (res.neuron_mask.sum(1) >= 1).all()
 
 
 def test_mac_search_with_a_budget_below_one_unit_is_a_clear_error():
     with pytest.raises(PrunekitError, match="too small"):
-        search_mac(torch.rand(2, 3), torch.rand(2, 4), 7.0, 3.0, 2.9)
+        search_mac(torch.rand(2, 3), torch.rand(2, 4), 7.0, 3.0, 2.9, min_per_layer=0)
+    with pytest.raises(PrunekitError, match="too small to keep 1 head"):
+        search_mac(torch.rand(2, 3), torch.rand(2, 4), 7.0, 3.0, 19.9)  # one of each per layer costs 20
 
 
 def test_mac_search_with_the_whole_budget_keeps_everything():
@@ -131,7 +145,7 @@ def test_latency_search_meets_its_budget_and_keeps_base_units(seed):
     hi, ni, mha, ffn, dense = _latency_problem(seed)
     scores = []
     for frac in (0.2, 0.35, 0.5, 0.7, 0.9, 1.0):
-        res = search_latency(hi, ni, mha, ffn, frac * dense)
+        res = search_latency(hi, ni, mha, ffn, frac * dense, drop_layers=True)
         heads, neurons = res.head_mask.sum(1), res.neuron_mask.sum(1)
         est = float(mha(heads).sum() + ffn(neurons).sum())
         assert est <= frac * dense + 1e-9 and abs(est - res.cost) < 1e-9
@@ -150,8 +164,18 @@ def test_latency_search_drops_whole_layers_when_the_fixed_cost_dominates():
     hi, ni = torch.ones(3, 4), torch.ones(3, 8)
     hi[0] *= 0.01  # the least important attention sublayer
     mha, ffn = LatencyFit(10.0, 4, 0.0), LatencyFit(1.0, 1, 0.01)
-    res = search_latency(hi, ni, mha, ffn, 2 * 10.0 + 3 * ffn(8).item())
+    res = search_latency(hi, ni, mha, ffn, 2 * 10.0 + 3 * ffn(8).item(), drop_layers=True)
     assert res.head_mask.sum(1).tolist() == [0, 4, 4] and res.neuron_mask.all()
+
+
+def test_latency_search_keeps_every_sublayer_unless_told_to_drop_layers():
+    hi, ni, mha, ffn, dense = _latency_problem(0)
+    for frac in (0.55, 0.7, 0.9):  # the base units of every layer cost half of the dense latency here
+        res = search_latency(hi, ni, mha, ffn, frac * dense)
+        assert (res.head_mask.sum(1) >= mha.T).all() and (res.neuron_mask.sum(1) >= ffn.T).all()
+        assert res.cost <= frac * dense + 1e-9
+    with pytest.raises(PrunekitError, match="too small"):
+        search_latency(hi, ni, mha, ffn, 0.45 * dense)  # below the base units of every layer
 
 
 # ---------------------------------------------------------------- rearrangement
@@ -355,8 +379,9 @@ def test_pipeline_compact_model_equals_the_masked_model(kind, tmp_path):
     model = tiny_model()
     task = synthetic_task(model)
     constraint = Constraint(kind, 0.5, latency_batch=2, latency_seq_len=8, lut_cache=str(tmp_path / "lut.json"))
+    # tiny blocks are all overhead (a flat latency table), so the latency case may drop whole sublayers
     compact, tuned, report = compress(model, task, constraint, num_samples=64, batch_size=8, progress=False,
-                                      max_fit_tokens=None)
+                                      max_fit_tokens=None, allow_empty_sublayers=kind == "latency")
     batch = random_batch(batch=4, seq=11)
     with torch.no_grad():
         want = model(**batch, masks=tuned).logits
@@ -369,6 +394,7 @@ def test_pipeline_compact_model_equals_the_masked_model(kind, tmp_path):
     assert report["constraint"]["cost_under_search_model"] <= report["constraint"]["budget"] * (1 + 1e-9)
     if kind == "macs":
         assert report["macs_kept"] <= 0.5 + 1e-9
+        assert min(compact.config.num_heads) >= 1 and min(compact.config.ffn_dim) >= 1  # no sublayer emptied
     assert set(report["dev_metrics"]) == {"teacher", "search", "rearranged", "tuned", "compact"}
     assert report["dev_metrics"]["tuned"] == report["dev_metrics"]["compact"]
     assert {"fisher", "search", "rearrange", "tune", "pruning"} <= set(report["seconds"])
@@ -417,7 +443,8 @@ def test_compress_verb_writes_a_compact_model_that_equals_the_masked_teacher(tea
     (["--macs", "0.5", "--num-samples", "8"], "fewer than one batch"),
     (["--macs", "0.5", "--latency", "0.5"], "exactly one budget"),
     ([], "exactly one budget"),
-    (["--macs", "1e-9"], "too small to keep a single head or FFN neuron"),
+    (["--macs", "1e-9"], "too small to keep one head and one FFN neuron per layer"),
+    (["--macs", "1e-9", "--allow-empty-sublayers"], "too small to keep a single head or FFN neuron"),
     (["--macs", "0.5", "--method", "cofi"], "not implemented yet"),
     (["--macs", "0.5", "--method", "magic"], "unknown --method"),
 ])
@@ -469,7 +496,8 @@ def test_a_cache_file_that_is_not_a_latency_table_is_refused_not_overwritten(tmp
 def test_compress_verb_latency_mode_measures_then_reuses_its_tables(teacher_dir, glue_dir, tmp_path, capsys):
     cmd = ["compress", "--teacher", str(teacher_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--latency", "0.6",
            "--latency-batch", "2", "--latency-seq-len", "8", "--lut-cache", str(tmp_path / "lut.json"),
-           "--num-samples", "32", "--batch-size", "16", "--device", "cpu", "--no-eval"]
+           "--num-samples", "32", "--batch-size", "16", "--device", "cpu", "--no-eval",
+           "--allow-empty-sublayers"]  # tiny blocks are all overhead: a flat table leaves nothing to trim but layers
     assert main(cmd + ["--output", str(tmp_path / "a")]) == 0
     first = json.loads((tmp_path / "a" / "report.json").read_text())
     assert main(cmd + ["--output", str(tmp_path / "b")]) == 0

@@ -117,21 +117,24 @@ def fisher_batches(sample: list, batch_size: int, by_length: bool, seed: int) ->
     return [collate([sample[i] for i in idx]) for idx in plan if len(idx) == batch_size]
 
 
-def search_masks(constraint: Constraint, config, head_imp, neuron_imp, sample_lengths, table=None, progress=True):
+def search_masks(constraint: Constraint, config, head_imp, neuron_imp, sample_lengths, table=None, progress=True,
+                 allow_empty: bool = False):
     """(final SearchResult at c, teacher-assistant SearchResult at sqrt c, details for the report).
-    table: the latency tables (latency.load_or_measure) for the latency constraint."""
+    table: the latency tables (latency.load_or_measure) for the latency constraint. allow_empty:
+    whether a layer may lose all its heads or all its neurons (see search.py on why not by default)."""
     details = {}
     if constraint.kind == "macs":
         head_cost, neuron_cost = unit_macs(config, lengths=sample_lengths)
         dense = macs(config, lengths=sample_lengths)["total"]
-        run = lambda frac: search_mac(head_imp, neuron_imp, head_cost, neuron_cost, frac * dense)
+        run = lambda frac: search_mac(head_imp, neuron_imp, head_cost, neuron_cost, frac * dense,
+                                      min_per_layer=0 if allow_empty else 1)
         details.update(mean_length=float(sum(sample_lengths) / len(sample_lengths)), dense_macs=dense,
                        macs_per_head=head_cost, macs_per_neuron=neuron_cost)
     else:
         mha_fit, ffn_fit = fit_piecewise_linear(table["mha"]), fit_piecewise_linear(table["ffn"])
         L, H, F = config.num_layers, config.num_heads[0], config.ffn_dim[0]
         dense = float(L * (mha_fit(H) + ffn_fit(F)))
-        run = lambda frac: search_latency(head_imp, neuron_imp, mha_fit, ffn_fit, frac * dense)
+        run = lambda frac: search_latency(head_imp, neuron_imp, mha_fit, ffn_fit, frac * dense, drop_layers=allow_empty)
         details.update(latency_table=table["key"], mha_fit=mha_fit.as_dict(),
                        ffn_fit=ffn_fit.as_dict(), dense_latency_fit_ms=dense,
                        dense_latency_table_ms=estimate_latency(torch.ones(L, H), torch.ones(L, F), table["mha"], table["ffn"]))
@@ -160,7 +163,7 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
              evaluate: bool = True, eval_batch_size: int = 128, ridge: float = 1e-3, progress: bool = True,
              device: str = "cpu", warnings: list | None = None, fisher_by_length: bool = True,
              max_fit_tokens: int | None = 32768, fisher_precision: str = "auto", tune_precision: str = "auto",
-             ffn_target: str = "assistant"):
+             ffn_target: str = "assistant", allow_empty_sublayers: bool = False):
     """Prune a fine-tuned model in place of retraining. Returns (compact model, tuned Masks, report dict)."""
     from ..metrics import main_metric
     from ..training import evaluate_task
@@ -173,8 +176,11 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
     warnings = [] if warnings is None else warnings
     if constraint.kind == "macs":  # refuse a hopeless budget before minutes of Fisher, not after
         lens = lengths(task.train[:4096])
-        if constraint.value * macs(cfg, lengths=lens)["total"] < min(unit_macs(cfg, lengths=lens)):
-            raise PrunekitError(f"--macs {constraint.value:g} is too small to keep a single head or FFN neuron")
+        head, neuron = unit_macs(cfg, lengths=lens)
+        least = min(head, neuron) if allow_empty_sublayers else cfg.num_layers * (head + neuron)
+        if constraint.value * macs(cfg, lengths=lens)["total"] < least:
+            what = "a single head or FFN neuron" if allow_empty_sublayers else "one head and one FFN neuron per layer"
+            raise PrunekitError(f"--macs {constraint.value:g} is too small to keep {what}")
     model = model.to(device).eval()
     watch = Stopwatch()
     metrics = {}
@@ -203,7 +209,8 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
             table, cached = load_or_measure(cfg, constraint.latency_batch, constraint.latency_seq_len,
                                             constraint.lut_cache, constraint.device, constraint.latency_runtime, progress)
     with watch("search"):
-        final, assistant, details = search_masks(constraint, cfg, head_imp, neuron_imp, sample_lengths, table, progress)
+        final, assistant, details = search_masks(constraint, cfg, head_imp, neuron_imp, sample_lengths, table, progress,
+                                                 allow_empty_sublayers)
     if table is not None:
         details["latency_table_cached"] = cached
     searched = Masks(z_head=final.head_mask, z_int=final.neuron_mask)
@@ -268,6 +275,7 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
         "rearrangement_objective": objective,
         "tuning": [_finite(asdict(f)) for f in fits],
         "tuning_ridge": ridge, "tuning_max_fit_tokens": max_fit_tokens, "tuning_ffn_target": ffn_target,
+        "allow_empty_sublayers": allow_empty_sublayers,
         "compact_vs_masked_max_abs_diff": diff,
         "warnings": warnings,
     }
