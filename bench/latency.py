@@ -37,7 +37,6 @@ EXPORT_VARIANTS = {  # runtime -> export_onnx keyword arguments
     "ort-opt-int8": {"optimize": True, "quantize": "int8"},
     "ort-cuda": {"optimize": True, "device": "cuda"}, "ort-cuda-fp16": {"optimize": True, "fp16": True, "device": "cuda"},
 }
-METRIC_FILES = ("report.json", "eval.json", "metrics.json")  # written by compress / eval / the demo
 
 
 def find_pruned(root: Path) -> list[Path]:
@@ -69,18 +68,21 @@ def magnitude_pruned(dense, macs_kept: float = 0.5):
 
 
 def model_metric(path: Path | None) -> dict | None:
-    """The dev metric a model directory carries (from compress's report.json or eval's JSON), if any."""
+    """The dev metric a model directory carries, if any: eval.json (prunekit eval --output), the
+    compact model's entry in report.json (prunekit compress) or the best entry of metrics.json
+    (prunekit finetune)."""
     if path is None:
         return None
-    for name in METRIC_FILES:
+    for name in ("eval.json", "report.json", "metrics.json"):
         f = path / name
-        if f.is_file():
-            data = json.loads(f.read_text())
-            metrics = data.get("metrics") or data.get("dev_metrics", {}).get("tuned") or data.get("final_metrics")
-            if isinstance(metrics, dict) and metrics:
-                key = data.get("main_metric") or next(iter(metrics))
-                if isinstance(metrics.get(key), (int, float)):
-                    return {"name": key, "value": float(metrics[key]), "file": str(f)}
+        if not f.is_file():
+            continue
+        data = json.loads(f.read_text())
+        metrics = data.get("metrics") or (data.get("dev_metrics") or {}).get("compact") or data.get("best")
+        if isinstance(metrics, dict):
+            key = data.get("main_metric") or next((k for k in metrics if k not in ("step", "epoch", "train_loss")), None)
+            if isinstance(metrics.get(key), (int, float)):
+                return {"name": key, "value": float(metrics[key]), "file": str(f)}
     return None
 
 
