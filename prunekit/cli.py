@@ -33,6 +33,7 @@ def cmd_prune(args):
 
 def cmd_finetune(args):
     from .training import TrainArgs, finetune
+    set_threads(args)
     train_args = TrainArgs(output=args.output, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                            weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed,
                            max_steps=args.max_steps, eval_every=args.eval_every, save_every=args.save_every,
@@ -64,6 +65,7 @@ def cmd_eval(args):
     from .data import load_task
     from .errors import PrunekitError
     from .training import check_labels, evaluate_task, trained_labels, write_json
+    set_threads(args)
     predict, tokenizer, config = load_predictor(args.model, args.device)
     task_name = args.task or getattr(config, "finetuning_task", None)
     if not task_name:
@@ -127,7 +129,8 @@ def cmd_compress(args):
     from .posttrain.pipeline import Constraint, run
     kind, value = ("macs", args.macs) if args.macs is not None else ("latency", args.latency)
     constraint = Constraint(kind, value, latency_batch=args.latency_batch, latency_seq_len=args.latency_seq_len,
-                            lut_cache=args.lut_cache, latency_runtime=args.latency_runtime, device=args.device)
+                            lut_cache=args.lut_cache, latency_runtime=args.latency_runtime,
+                            latency_threads=args.latency_threads, device=args.device)
     report = run(args.teacher, args.task, args.output, constraint, num_samples=args.num_samples, seed=args.seed,
                  batch_size=args.batch_size, data=data_args(args), overwrite=args.overwrite, device=args.device,
                  evaluate=not args.no_eval, allow_empty_sublayers=args.allow_empty_sublayers)
@@ -152,6 +155,15 @@ def summarise_compress(r: dict, output) -> str:
     return "\n".join(lines)
 
 
+def set_threads(args):
+    if args.threads is not None:
+        if args.threads < 1:
+            from .errors import PrunekitError
+            raise PrunekitError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+        torch.set_num_threads(args.threads)
+
+
 def data_args(args) -> dict:
     """load_task's data arguments from the shared --glue-dir/--train-file/... options."""
     columns = [c.strip() for c in args.text_columns.split(",")] if args.text_columns else None
@@ -172,6 +184,8 @@ def add_data_options(p, train: bool):
     p.add_argument("--label-column", help="custom data: the label column (default: label)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per example, truncating longer ones (default 128)")
     p.add_argument("--device", default=default_device(), help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core); "
+                   "1 is much faster when other jobs share the cores")
 
 
 def default_device() -> str:
@@ -253,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-seq-len", type=int, default=128, help="deployment sequence length (default 128)")
     p.add_argument("--latency-runtime", choices=("ort", "torch"), default="ort",
                    help="runtime the latency tables are timed on (default ort: ONNX Runtime, as deployed)")
+    p.add_argument("--latency-threads", type=int, help="CPU threads of the deployment runtime (default: torch's)")
     p.add_argument("--lut-cache", help="latency table cache, JSON (default ~/.cache/prunekit/latency_lut.json)")
     p.add_argument("--no-eval", action="store_true", help="skip the dev evaluations (they are not pruning time)")
     p.add_argument("--allow-empty-sublayers", action="store_true", help="let a layer lose all its heads or all its "

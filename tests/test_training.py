@@ -194,7 +194,7 @@ def test_linear_warmup_then_decay():
 def test_finetune_and_eval_verbs(model_dir, glue_dir, tmp_path, capsys):
     out = tmp_path / "teacher"
     cmd = ["finetune", "--model", str(model_dir), "--task", "SST-2", "--glue-dir", str(glue_dir), "--output", str(out),
-           "--max-steps", "3", "--max-length", "64", "--lr", "1e-3", "--device", "cpu"]
+           "--max-steps", "3", "--max-length", "64", "--lr", "1e-3", "--device", "cpu", "--threads", "1"]
     assert main(cmd) == 0
     assert "best accuracy" in capsys.readouterr().out
     assert json.loads((out / "train_args.json").read_text())["max_steps"] == 3
