@@ -43,7 +43,7 @@ ABLATIONS = [  # (run suffix, label, compress() options), each at 50% MACs
 def budgets(args):
     out = [(f"{m:g}", Constraint("macs", m)) for m in args.macs]
     if not args.no_latency:
-        out += [(f"lat{v:g}", Constraint("latency", v, latency_batch=32, latency_seq_len=128,
+        out += [(f"lat{v:g}", Constraint("latency", v, latency_batch=32, latency_seq_len=128, latency_threads=2,
                                           lut_cache=str(ROOT / "runs" / "latency_lut.json")))
                 for v in args.latency]
     return out
@@ -129,6 +129,7 @@ def main():
     p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", "/work/shared/data/glue"))
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2). On a machine shared "
                    "with other jobs, 1 avoids OpenMP threads waiting on each other (seen: 5-10x slower with 2)")
+    p.add_argument("--speed-threads", type=int, default=2, help="ORT threads for the speed-up (default 2)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "posttrain"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -144,7 +145,7 @@ def main():
                 r = run_one(task, "0.5", Constraint("macs", 0.5), args.glue_dir, options, "-" + suffix)
                 r["variant"], r["output"] = name, str(ROOT / "runs" / f"pt-{task}-0.5-{suffix}")
                 results.append(r)
-    rows = [] if args.no_speed else speed([r for r in results if not r.get("variant")], torch.get_num_threads())
+    rows = [] if args.no_speed else speed([r for r in results if not r.get("variant")], args.speed_threads)
     env = environment(torch.get_num_threads())
     command = "python " + " ".join(sys.argv)
     out = Path(args.out)

@@ -9,7 +9,9 @@ widths of MiniLM would take minutes and the curve is smooth. Each entry is the m
 timed runs after `warmup` runs.
 
 Tables are cached in one JSON file, keyed by runtime, device, thread count, block shape and input
-shape, so a second pruning run for the same deployment reuses them.
+shape, so a second pruning run for the same deployment reuses them. The machine's load average
+before and after is recorded with each table: on a shared machine a table is only as good as the
+quiet it was measured in (delete its entry from the cache to measure it again).
 Runtimes: "ort" (the default: each block exported to ONNX with static shapes and timed in an ONNX
 Runtime session, CPU provider, or CUDA with device="cuda"), the runtime prunekit deploys on; or
 "torch" (PyTorch eager; CUDA events on a GPU).
@@ -45,8 +47,8 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def table_key(config, batch: int, seq_len: int, runtime: str = "torch", device: str = "cpu") -> str:
-    threads = torch.get_num_threads() if device == "cpu" else 0
+def table_key(config, batch: int, seq_len: int, runtime: str = "torch", device: str = "cpu", threads=None) -> str:
+    threads = (threads or torch.get_num_threads()) if device == "cpu" else 0
     return (f"{runtime}|{device_name(device)}|threads={threads}|d={config.hidden_size},dh={config.head_dim},"
             f"H={config.num_heads[0]},F={config.ffn_dim[0]}|batch={batch},seq={seq_len}")
 
@@ -94,7 +96,7 @@ class _Block(torch.nn.Module):
         return self.sublayer(*inputs)
 
 
-def _runner(block, inputs: tuple, runtime: str, device: str):
+def _runner(block, inputs: tuple, runtime: str, device: str, threads: int):
     """A zero-argument callable that runs the block once on the given runtime."""
     if runtime == "torch":
         return lambda: block(*inputs)
@@ -106,16 +108,27 @@ def _runner(block, inputs: tuple, runtime: str, device: str):
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, tuple(t.cpu() for t in inputs), buf, dynamo=False, opset_version=17,
                           input_names=names, output_names=["y"])
-    threads = torch.get_num_threads() if device == "cpu" else None
-    session = new_session(buf.getvalue(), device, threads)
+    session = new_session(buf.getvalue(), device, threads if device == "cpu" else None)
     feeds = {n: t.cpu().numpy() for n, t in zip(names, inputs)}
     return lambda: session.run(None, feeds)
 
 
 @torch.no_grad()
 def measure_tables(config, batch: int, seq_len: int, device: str = "cpu", warmup: int = 2, repeats: int = 5,
-                   progress: bool = True, runtime: str = "ort") -> dict:
-    """Measure {'mha': [ms for n = 1..H], 'ffn': [ms for n = 1..F]} for blocks shaped like config's."""
+                   progress: bool = True, runtime: str = "ort", threads: int | None = None) -> dict:
+    """Measure {'mha': [ms for n = 1..H], 'ffn': [ms for n = 1..F]} for blocks shaped like config's.
+    threads: CPU threads of the runtime (default: torch's current setting)."""
+    threads = threads or torch.get_num_threads()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _measure(config, batch, seq_len, device, warmup, repeats, progress, runtime, threads)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _measure(config, batch, seq_len, device, warmup, repeats, progress, runtime, threads):
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     H, F, d = config.num_heads[0], config.ffn_dim[0], config.hidden_size
     block_cfg = PrunekitBertConfig(hidden_size=d, head_dim=config.head_dim, num_heads=[H], ffn_dim=[F],
                                    layer_norm_eps=config.layer_norm_eps)
@@ -128,34 +141,35 @@ def measure_tables(config, batch: int, seq_len: int, device: str = "cpu", warmup
     bar = tqdm(total=H + len(grid), desc=f"latency table b{batch} s{seq_len}", disable=not progress, leave=False)
     for n in range(1, H + 1):
         block = Attention(block_cfg, n).to(device).eval()
-        mha.append(timed(_runner(block, (x, bias), runtime, device), warmup, repeats))
+        mha.append(timed(_runner(block, (x, bias), runtime, device, threads), warmup, repeats))
         bar.update()
     ffn_at = []
     for n in grid:
         block = FeedForward(block_cfg, n).to(device).eval()
-        ffn_at.append(timed(_runner(block, (x,), runtime, device), warmup, repeats))
+        ffn_at.append(timed(_runner(block, (x,), runtime, device, threads), warmup, repeats))
         bar.update()
     bar.close()
     ffn = np.interp(np.arange(1, F + 1), grid, ffn_at).tolist()
     return {"mha": mha, "ffn": ffn, "ffn_grid": grid, "ffn_measured": ffn_at, "unit": "ms",
-            "warmup": warmup, "repeats": repeats, "runtime": runtime, "device": device}
+            "warmup": warmup, "repeats": repeats, "runtime": runtime, "device": device, "threads": threads,
+            "load_average_before": load, "load_average_after": list(os.getloadavg()) if load else None}
 
 
 RUNTIMES = ("ort", "torch")
 
 
 def load_or_measure(config, batch: int, seq_len: int, cache_path=None, device: str = "cpu", runtime: str = "ort",
-                    progress: bool = True) -> tuple[dict, bool]:
+                    progress: bool = True, threads: int | None = None) -> tuple[dict, bool]:
     """The table for this runtime/device/shape from the cache, or measured and added to it.
     Returns (table, came_from_cache)."""
     if runtime not in RUNTIMES:
         raise PrunekitError(f"unknown latency runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
     path = Path(cache_path) if cache_path is not None else DEFAULT_CACHE
-    key = table_key(config, batch, seq_len, runtime, device)
+    key = table_key(config, batch, seq_len, runtime, device, threads)
     cache = _read_cache(path)
     if key in cache:
         return cache[key], True
-    table = measure_tables(config, batch, seq_len, device, progress=progress, runtime=runtime)
+    table = measure_tables(config, batch, seq_len, device, progress=progress, runtime=runtime, threads=threads)
     table["key"] = key
     cache = _read_cache(path)  # re-read: another run may have added tables meanwhile
     cache[key] = table

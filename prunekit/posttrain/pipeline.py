@@ -46,6 +46,7 @@ class Constraint:
     latency_seq_len: int = 128
     lut_cache: str | None = None
     latency_runtime: str = "ort"   # what the tables are timed on: ONNX Runtime (deployment) or torch
+    latency_threads: int | None = None  # CPU threads of the deployment (default: torch's setting)
     device: str = "cpu"
 
     def check(self):
@@ -207,7 +208,8 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
         from .latency import load_or_measure
         with watch("latency_table"):  # once per device and shape, then cached: not counted as pruning time
             table, cached = load_or_measure(cfg, constraint.latency_batch, constraint.latency_seq_len,
-                                            constraint.lut_cache, constraint.device, constraint.latency_runtime, progress)
+                                            constraint.lut_cache, constraint.device, constraint.latency_runtime, progress,
+                                            constraint.latency_threads)
     with watch("search"):
         final, assistant, details = search_masks(constraint, cfg, head_imp, neuron_imp, sample_lengths, table, progress,
                                                  allow_empty_sublayers)
