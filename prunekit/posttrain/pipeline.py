@@ -245,6 +245,7 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
         compact = prune(model, tuned).eval()
     check_batch = collate(task.dev[:16] if task.dev else sample[:16])
     check_batch.pop("labels", None)
+    check_batch = {k: v.to(device) for k, v in check_batch.items()}
     with torch.no_grad():
         diff = (compact(**check_batch).logits - model(**check_batch, masks=tuned.to(device)).logits).abs().max().item()
     if diff > 1e-3:

@@ -30,9 +30,6 @@ from tqdm.auto import tqdm
 from ..masks import Masks
 from ..model import attention_bias
 
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
-
 @dataclass
 class SublayerFit:
     layer: int
@@ -61,9 +58,10 @@ def _tokens(t, mask, cls_only):
 class _Normal:
     """Accumulates A^T A, A^T b and b^T b for the least squares problem of one sublayer."""
 
-    def __init__(self, k):
-        self.AtA = torch.zeros(k, k, dtype=torch.float64)
-        self.Atb = torch.zeros(k, dtype=torch.float64)
+    def __init__(self, k, device="cpu"):
+        # sums stay on the model's device (no copy per batch); the solve runs on the CPU in float64
+        self.AtA = torch.zeros(k, k, dtype=torch.float64, device=device)
+        self.Atb = torch.zeros(k, dtype=torch.float64, device=device)
         self.btb = 0.0
 
     def error(self, s):
@@ -71,6 +69,7 @@ class _Normal:
         return float(s @ self.AtA @ s - 2 * s @ self.Atb + self.btb)
 
     def solve(self, ridge, max_scale):
+        self.AtA, self.Atb = self.AtA.cpu(), self.Atb.cpu()
         ones = torch.ones(len(self.Atb), dtype=torch.float64)
         before = self.error(ones)
         try:
@@ -177,7 +176,7 @@ def _tune_attention(t_att, s_att, l, xt, xs, biases, tok, cls_only, ridge, max_s
         return SublayerFit(l, "attention", k, why), ones
     Wo = s_att.output.weight                                          # (d, k*dh): head h owns columns h*dh:(h+1)*dh
     G = torch.zeros(k * dh, k * dh, dtype=torch.float64, device=Wo.device)
-    normal, ctxs = _Normal(k), []
+    normal, ctxs = _Normal(k, Wo.device), []
     for i in range(len(xt)):
         with amp():
             out_t = t_att.project(t_att.heads(xt[i], biases[i]))
@@ -195,10 +194,10 @@ def _tune_attention(t_att, s_att, l, xt, xs, biases, tok, cls_only, ridge, max_s
         normal.btb += float((r.double() ** 2).sum())
         with amp():
             xt[i] = t_att.residual(out_t, xt[i], None, None).float()
-    normal.AtA = (G * (Wo.T @ Wo).double()).view(k, dh, k, dh).sum((1, 3))
+    normal.AtA = (G * (Wo.T @ Wo).double()).view(k, dh, k, dh).sum((1, 3)).cpu()
     s, fit = normal.fit(l, "attention", ridge, max_scale)
     fit.scales = s.tolist()
-    z = s.to(xs[0].dtype)
+    z = s.to(xs[0].device, xs[0].dtype)
     for i in range(len(xs)):
         with amp():
             ctx = ctxs[i] * z.view(1, k, 1, 1)
@@ -221,7 +220,7 @@ def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, amp, adv
                 xt[i], xs[i] = t_ffn(xt[i]).float(), s_ffn(xs[i]).float()
         return SublayerFit(l, "ffn", k, why), ones
     Wk = s_ffn.down.weight                                            # (d, k): neuron j writes column j
-    normal = _Normal(k)
+    normal = _Normal(k, Wk.device)
     # the student's activations are kept for the output pass when they fit in ~1 GB, else recomputed
     store = advance and sum(x.shape[0] * x.shape[1] for x in xs) * k <= 2.5e8
     hs = []
@@ -254,7 +253,7 @@ def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, amp, adv
     if advance:
         if cls_only:
             raise ValueError("cls_only is for the last layer, which is not advanced")
-        z = s.to(xs[0].dtype)
+        z = s.to(xs[0].device, xs[0].dtype)
         for i in range(len(xs)):
             with amp():
                 h = hs[i] * z if store else s_ffn.hidden(xs[i], z)
