@@ -45,6 +45,11 @@ RESUME_KEYS = ("epochs", "lr", "batch_size", "weight_decay", "warmup_ratio", "ma
 # Evaluation
 
 
+def bar_interval() -> float:
+    """Seconds between progress-bar updates: live on a terminal, sparse in a log file (nohup)."""
+    return 1 if sys.stderr.isatty() else 30
+
+
 def torch_predictor(model, device="cpu"):
     """predict(batch) -> logits on the CPU, for a PyTorch model (in eval mode while it runs)."""
     def predict(batch):
@@ -66,7 +71,7 @@ def evaluate(predict, examples, task_name: str, batch_size: int = 128, progress:
     logits = [None] * len(examples)
     with torch.no_grad():
         for start in tqdm(range(0, len(order), batch_size), desc=f"eval {task_name}", unit="batch", leave=False,
-                          disable=not progress or len(order) <= batch_size, mininterval=1 if sys.stderr.isatty() else 30):
+                          disable=not progress or len(order) <= batch_size, mininterval=bar_interval()):
             idx = order[start:start + batch_size]
             batch = collate([examples[i] for i in idx])
             batch.pop("labels", None)
@@ -163,7 +168,8 @@ class Trainer:
             raise PrunekitError(f"{task.name}: no dev set to evaluate on")
         counts = (args.batch_size, args.max_steps, args.eval_every, args.save_every, args.eval_batch_size)
         if args.lr <= 0 or args.epochs <= 0 or any(n is not None and n < 1 for n in counts):
-            raise PrunekitError("learning rate, epochs, batch sizes, max steps, eval and save intervals must be positive")
+            raise PrunekitError("learning rate, epochs, batch sizes, max steps, eval and save intervals "
+                                "must be positive")
         self.model, self.task, self.args = model.to(args.device), task, args
         set_task_labels(model.config, task)
         self.out = Path(args.output)
@@ -177,7 +183,8 @@ class Trainer:
         # fused: one kernel for all parameters; on CPU it cuts the optimiser's share of a step ~4x (92 -> 25 ms)
         self.optimizer = torch.optim.AdamW(self.parameter_groups(), lr=args.lr, fused=True)
         warmup = round(args.warmup_ratio * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_warmup_decay(warmup, self.total_steps))
+        schedule = linear_warmup_decay(warmup, self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.step = 0
         self.best = None          # {"step", metrics...} of the best evaluation so far
         self.history = []         # one dict per evaluation
@@ -220,11 +227,12 @@ class Trainer:
             torch.manual_seed(a.seed)  # dropout
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / "train_args.json", {**asdict(a), "task": self.task.name,
-                                                      "total_steps": self.total_steps, "train_examples": len(self.task.train)})
+                                                      "total_steps": self.total_steps,
+                                                      "train_examples": len(self.task.train)})
             (self.out / "log.jsonl").write_text("")
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"finetune {self.task.name}", unit="step",
-                   disable=not a.progress, mininterval=1 if sys.stderr.isatty() else 30)
+                   disable=not a.progress, mininterval=bar_interval())
         started = time.perf_counter()
         while self.step < self.total_steps:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
@@ -259,7 +267,8 @@ class Trainer:
         return summary
 
     def evaluate(self) -> dict:
-        metrics = evaluate_task(torch_predictor(self.model, self.args.device), self.task, self.args.eval_batch_size, self.args.progress)
+        predict = torch_predictor(self.model, self.args.device)
+        metrics = evaluate_task(predict, self.task, self.args.eval_batch_size, self.args.progress)
         self.model.train()
         return metrics
 
@@ -325,7 +334,8 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         if torch.cuda.is_available() and "cuda0" in rng:
             torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count())])
-        self.step, self.best, self.history, self.losses = state["step"], state["best"], state["history"], state["losses"]
+        self.step, self.best, self.history = state["step"], state["best"], state["history"]
+        self.losses = state["losses"]
         self.train_seconds = state["train_seconds"]
         with open(self.out / "log.jsonl", "w") as f:  # drop evaluations made after this checkpoint
             f.writelines(json.dumps(r) + "\n" for r in self.history)
