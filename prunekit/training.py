@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .data import Task, batch_indices, collate
 from .errors import PrunekitError
+from .io import output_dir
 from .metrics import compute_metrics, main_metric
 
 LAST = "last"
@@ -289,28 +290,22 @@ class Trainer:
 
     # -- resumable checkpoint ----------------------------------------------------------------
     def save_checkpoint(self):
-        """<output>/last: weights, optimizer moments, RNG and loop state; written to a temp dir, then swapped in."""
-        tmp, last, old = self.out / (LAST + ".tmp"), self.out / LAST, self.out / (LAST + ".old")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
+        """<output>/last: weights, optimizer moments, RNG and loop state; built beside it, then swapped in."""
         opt = self.optimizer.state_dict()
-        save_file({f"{i}.{k}": v.contiguous().cpu() for i, s in opt["state"].items() for k, v in s.items()},
-                  str(tmp / "optimizer.safetensors"))
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-        save_file(rng, str(tmp / "rng.safetensors"))
-        write_json(tmp / "state.json", {
-            "step": self.step, "best": self.best, "history": self.history, "losses": self.losses,
-            "train_seconds": self.train_seconds,
-            "param_groups": opt["param_groups"], "scheduler": self.scheduler.state_dict(),
-            "args": {k: getattr(self.args, k) for k in RESUME_KEYS}, "total_steps": self.total_steps})
-        if last.exists():
-            os.replace(last, old)
-        os.replace(tmp, last)
-        shutil.rmtree(old, ignore_errors=True)
+        with output_dir(self.out / LAST, overwrite=True) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()},
+                      str(tmp / "model.safetensors"))
+            save_file({f"{i}.{k}": v.contiguous().cpu() for i, s in opt["state"].items() for k, v in s.items()},
+                      str(tmp / "optimizer.safetensors"))
+            save_file(rng, str(tmp / "rng.safetensors"))
+            write_json(tmp / "state.json", {
+                "step": self.step, "best": self.best, "history": self.history, "losses": self.losses,
+                "train_seconds": self.train_seconds,
+                "param_groups": opt["param_groups"], "scheduler": self.scheduler.state_dict(),
+                "args": {k: getattr(self.args, k) for k in RESUME_KEYS}, "total_steps": self.total_steps})
 
     def load_checkpoint(self):
         last = self.out / LAST
