@@ -37,6 +37,7 @@ ABLATIONS = [  # (run suffix, label, compress() options), each at 50% MACs
     ("alltokens", "all tokens in the least squares", {"max_fit_tokens": None}),
     ("fp32", "fp32 Fisher and tuning", {"fisher_precision": "fp32", "tune_precision": "fp32"}),
     ("densetarget", "dense FFN target (the reference's accident)", {"ffn_target": "dense"}),
+    ("samples8192", "8192 samples (MRPC, RTE: the whole training set)", {"num_samples": 8192}),
 ]
 
 
@@ -62,6 +63,30 @@ def run_one(task, tag, constraint, glue_dir, options=None, suffix=""):
     return report
 
 
+def timing(tasks, glue_dir, threads, repeats):
+    """Pruning wall time alone (no evaluation) at 50% MACs with `threads` threads, `repeats` times per
+    task; the best run is the one least disturbed by other jobs. Nothing is kept but the reports."""
+    import tempfile
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = []
+    try:
+        for task in tasks:
+            for i in range(repeats):
+                with tempfile.TemporaryDirectory() as tmp:
+                    load = os.getloadavg()
+                    r = run(str(ROOT / "runs" / f"teacher-{task}"), task, str(Path(tmp) / "pt"), Constraint("macs", 0.5),
+                            data={"glue_dir": glue_dir}, evaluate=False, progress=False)
+                out.append({"task": task, "repeat": i, "threads": threads, "seconds": r["seconds"],
+                            "cpu_seconds": r["cpu_seconds"], "load_average_before": load,
+                            "load_average_after": os.getloadavg(), "num_samples": r["num_samples"],
+                            "fisher_precision": r["fisher_precision"], "tune_precision": r["tune_precision"]})
+                print(f"timing {task} #{i}: {r['seconds']['pruning']:.1f} s", file=sys.stderr)
+    finally:
+        torch.set_num_threads(saved)
+    return out
+
+
 def speed(results, threads):
     spec = importlib.util.spec_from_file_location("bench_latency", ROOT / "bench" / "latency.py")
     lat = importlib.util.module_from_spec(spec)
@@ -80,7 +105,7 @@ def speed(results, threads):
     return rows
 
 
-def markdown(results, rows, env, command):
+def markdown(results, rows, env, command, timings=()):
     lines = ["# Post-training pruning (Kwon et al. 2022) on MiniLM teachers", "",
              f"Command: `{command}`  ", f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, "
              f"onnxruntime {env['onnxruntime']}, {env['threads']} threads. The machine was shared with other "
@@ -108,6 +133,17 @@ def markdown(results, rows, env, command):
                   "| model | P50 ms | speed-up vs its teacher | MAC reduction |", "|---|---:|---:|---:|"]
         for row in rows:
             lines.append(f"| {row.model} | {row.stats.p50_ms:.1f} | {row.speedup:.2f}× | {row.macs_ratio:.2f}× |")
+    if timings:
+        lines += ["", "Pruning wall time alone (Fisher + search + rearrange + tune, no evaluation), 50% MACs, "
+                  f"2048 samples, {timings[0]['threads']} threads, Fisher and tuning in {timings[0]['fisher_precision']}; "
+                  "target <= 45 s:", "",
+                  "| task | run | pruning s | fisher | search | rearrange | tune | load avg before/after |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for t in timings:
+            s = t["seconds"]
+            lines.append(f"| {t['task']} | {t['repeat']} | {s['pruning']:.1f} | {s['fisher']:.1f} | {s['search']:.2f} | "
+                         f"{s['rearrange']:.2f} | {s['tune']:.1f} | {t['load_average_before'][0]:.1f}/"
+                         f"{t['load_average_after'][0]:.1f} |")
     lines += ["", "Per-layer structure (heads / FFN units per layer):", ""]
     for r in results:
         c = r["constraint"]
@@ -125,11 +161,14 @@ def main():
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--ablations", action="store_true", help="also run the ABLATIONS variants at 50%% MACs")
-    p.add_argument("--ablation-tasks", nargs="+", default=["mrpc", "rte"])
+    p.add_argument("--ablation-tasks", nargs="+", default=["sst2", "mrpc", "rte"])
     p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", "/work/shared/data/glue"))
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2). On a machine shared "
                    "with other jobs, 1 avoids OpenMP threads waiting on each other (seen: 5-10x slower with 2)")
     p.add_argument("--speed-threads", type=int, default=2, help="ORT threads for the speed-up (default 2)")
+    p.add_argument("--timing", type=int, default=0, metavar="N", help="also time the pruning alone N times per task "
+                   "at 50%% MACs with --timing-threads threads")
+    p.add_argument("--timing-threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "posttrain"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -145,16 +184,18 @@ def main():
                 r = run_one(task, "0.5", Constraint("macs", 0.5), args.glue_dir, options, "-" + suffix)
                 r["variant"], r["output"] = name, str(ROOT / "runs" / f"pt-{task}-0.5-{suffix}")
                 results.append(r)
+    timings = timing(args.tasks, args.glue_dir, args.timing_threads, args.timing) if args.timing else []
     rows = [] if args.no_speed else speed([r for r in results if not r.get("variant")], args.speed_threads)
     env = environment(torch.get_num_threads())
     command = "python " + " ".join(sys.argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(markdown(results, rows, env, command))
+    out.with_suffix(".md").write_text(markdown(results, rows, env, command, timings))
     payload = {"command": command, "environment": env, "results": results,
                "latency": [{"model": r.model, "runtime": r.runtime, "batch": r.batch, "seq": r.seq,
                             "p50_ms": r.stats.p50_ms, "p90_ms": r.stats.p90_ms, "speedup": r.speedup,
                             "macs_ratio": r.macs_ratio} for r in rows],
+               "timing": timings,
                "date": time.strftime("%Y-%m-%d %H:%M")}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     print(out.with_suffix(".md").read_text())
