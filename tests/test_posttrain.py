@@ -506,3 +506,17 @@ def test_compress_verb_latency_mode_measures_then_reuses_its_tables(teacher_dir,
     assert first["constraint"]["latency_table"].startswith("ort|")
     assert second["constraint"]["cost_under_search_model"] <= second["constraint"]["budget"] * (1 + 1e-9)
     assert "block latency kept" in capsys.readouterr().out
+
+
+def test_an_hf_encoder_without_a_classifier_is_flagged_as_not_fine_tuned(tok, glue_dir, tmp_path, capsys):
+    from transformers import BertConfig, BertModel
+    hf_dir = tmp_path / "hf-encoder"
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=12, max_position_embeddings=64)).save_pretrained(hf_dir)
+    tok.save_pretrained(hf_dir)
+    code = main(["compress", "--teacher", str(hf_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--macs", "0.6",
+                 "--output", str(tmp_path / "out"), "--num-samples", "32", "--batch-size", "16", "--device", "cpu",
+                 "--no-eval"])
+    err = capsys.readouterr().err
+    assert code == 0 and "no classifier weights" in err and "not fine-tuned" in err
