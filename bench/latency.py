@@ -82,7 +82,7 @@ def model_metric(path: Path | None) -> dict | None:
         if isinstance(metrics, dict):
             key = data.get("main_metric") or next((k for k in metrics if k not in ("step", "epoch", "train_loss")), None)
             if isinstance(metrics.get(key), (int, float)):
-                return {"name": key, "value": float(metrics[key]), "file": str(f)}
+                return {"name": key, "value": float(metrics[key]), "task": data.get("task"), "file": str(f)}
     return None
 
 
@@ -196,14 +196,18 @@ def plot(rows: list[Row], metrics: dict, out: Path) -> list[str]:
     if len([m for m in metrics.values() if m]) >= 2:
         fig, ax = plt.subplots(figsize=(6, 4.2))
         big = max(rows, key=lambda r: (r.batch, r.seq))
-        for rt in sorted({r.runtime for r in rows}):
+        # the metrics were measured in fp32, so only fp32 runtimes are placed, and only models scored on
+        # the dense model's task (one axis, one metric)
+        task = (metrics.get(rows[0].model) or {}).get("task")
+        same = lambda m: m and (task is None or m.get("task") in (None, task))
+        for rt in sorted({r.runtime for r in rows if "int8" not in r.runtime and "fp16" not in r.runtime}):
             pts = [(r.speedup, metrics[r.model]["value"], r.model) for r in rows
-                   if r.runtime == rt and (r.batch, r.seq) == (big.batch, big.seq) and metrics.get(r.model)]
+                   if r.runtime == rt and (r.batch, r.seq) == (big.batch, big.seq) and same(metrics.get(r.model))]
             if pts:
                 ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=rt)
                 for x, y, name in pts:
                     ax.annotate(name, (x, y), fontsize=7)
-        ax.set(xlabel=f"speed-up vs dense (batch {big.batch}, seq {big.seq})", ylabel="dev metric",
+        ax.set(xlabel=f"speed-up vs dense (batch {big.batch}, seq {big.seq})", ylabel=f"dev {task or 'metric'}",
                title="accuracy vs speed-up")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
