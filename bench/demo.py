@@ -71,20 +71,31 @@ def main(argv=None) -> int:
     models = bench["models"]
     rows = [r for r in bench["rows"] if r["model"].startswith("pruned:")]
     report = json.loads((pruned / "report.json").read_text()) if (pruned / "report.json").exists() else {}
-    print("\n== result: SST-2, packaged MiniLM teacher vs post-training pruned (ORT CPU, "
-          f"{bench['environment']['threads']} threads)\n")
-    print("| model | dev accuracy | params (encoder) | MACs kept | speed-up b1/s128 (ORT opt) | speed-up b32/s128 (ORT opt) | speed-up b32/s128 (torch) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
     sp = lambda rt, b: next((f"{r['speedup']:.2f}×" for r in rows if r["runtime"] == rt and r["batch"] == b and r["seq"] == 128), "")
     dense_params = next(m["params_encoder"] for n, m in models.items() if n.startswith("dense:"))
     pruned_params = next(m["params_encoder"] for n, m in models.items() if n.startswith("pruned:"))
-    print(f"| teacher | {acc['teacher']:.4f} | {dense_params:,} | 1.000 | 1.00× | 1.00× | 1.00× |")
     macs_kept = report.get("macs_kept")
-    print(f"| pruned | {acc['pruned']:.4f} | {pruned_params:,} | {macs_kept if macs_kept is None else f'{macs_kept:.3f}'} | "
-          f"{sp('ort-opt', 1)} | {sp('ort-opt', 32)} | {sp('torch', 32)} |")
-    print(f"\naccuracy change {100 * (acc['pruned'] - acc['teacher']):+.2f} points; demo wall time "
-          f"{time.perf_counter() - start:.0f} s; steps: " + ", ".join(f"{k} {v} s" for k, v in timings.items()))
-    print(f"files: {out}/ (models, ONNX exports, latency.md/json/png)")
+    lines = [f"SST-2, packaged MiniLM teacher vs post-training pruned to {args.macs:g} of its MACs "
+             f"(ORT CPU, {bench['environment']['threads']} threads)", "",
+             "| model | dev accuracy | params (encoder) | MACs kept | speed-up b1/s128 (ORT opt) | "
+             "speed-up b32/s128 (ORT opt) | speed-up b32/s128 (torch) |",
+             "|---|---:|---:|---:|---:|---:|---:|",
+             f"| teacher | {acc['teacher']:.4f} | {dense_params:,} | 1.000 | 1.00× | 1.00× | 1.00× |",
+             f"| pruned | {acc['pruned']:.4f} | {pruned_params:,} | "
+             f"{'?' if macs_kept is None else f'{macs_kept:.3f}'} | {sp('ort-opt', 1)} | {sp('ort-opt', 32)} | {sp('torch', 32)} |",
+             "", f"accuracy change {100 * (acc['pruned'] - acc['teacher']):+.2f} points; demo wall time "
+             f"{time.perf_counter() - start:.0f} s; steps: " + ", ".join(f"{k} {v} s" for k, v in timings.items())]
+    if report:
+        d, s = report["dev_metrics"], report["seconds"]
+        lines += ["", "Post-training pruning (report.json): dev accuracy " + ", ".join(
+                      f"{k} {d[k]['accuracy']:.4f}" for k in ("teacher", "search", "rearranged", "tuned") if k in d)
+                  + f"; pruning {s['pruning']:.1f} s (" + ", ".join(f"{k} {s[k]:.1f}" for k in
+                                                                     ("fisher", "search", "rearrange", "tune") if k in s) + ")"]
+    latency_md = (out / "latency.md").read_text().split("\n", 1)[1]  # without its title
+    lines += ["", "## Latency (bench/latency.py, from the demo)", latency_md]
+    (out / "demo.md").write_text("\n".join(lines).rstrip() + "\n")
+    print("\n== result: " + "\n".join(lines))
+    print(f"files: {out}/ (demo.md, models, ONNX exports, latency.md/json/png)")
     return 0
 
 

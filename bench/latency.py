@@ -39,6 +39,9 @@ EXPORT_VARIANTS = {  # runtime -> export_onnx keyword arguments
 }
 
 
+MAX_FOUND = 6  # compact models timed when none are named (each adds a column of work to every cell)
+
+
 def find_pruned(root: Path) -> list[Path]:
     """Compact models left by earlier `prunekit compress` runs (directories with a prunekit config)."""
     found = []
@@ -266,8 +269,16 @@ def run(args) -> int:
         raise PrunekitError(f"sequence length {max(seqs)} exceeds the model's {dense.config.max_position_embeddings} positions")
     dense_name = "dense:" + Path(args.dense).name
     models = {dense_name: (dense, Path(args.dense) if Path(args.dense).is_dir() else None)}
-    pruned_dirs = [Path(d) for d in args.pruned] if args.pruned else find_pruned(Path(args.runs))
     notes = []
+    if args.pruned:
+        pruned_dirs = [Path(d) for d in args.pruned]
+    else:
+        pruned_dirs = find_pruned(Path(args.runs))
+        if len(pruned_dirs) > MAX_FOUND:  # newest first: the runs a user just made
+            pruned_dirs = sorted(pruned_dirs, key=lambda d: (d / "model.safetensors").stat().st_mtime)[-MAX_FOUND:]
+            notes.append(f"More than {MAX_FOUND} compact models under {args.runs}/: the {MAX_FOUND} newest are timed; "
+                         "name others with --pruned.")
+        print("compact models: " + (" ".join(str(d) for d in pruned_dirs) or "none found"), file=sys.stderr)
     for d in pruned_dirs:
         models["pruned:" + d.name] = (prunekit.load_model(d), d)
     if len(models) == 1:

@@ -133,7 +133,8 @@ def cmd_compress(args):
                             latency_threads=args.latency_threads, device=args.device)
     report = run(args.teacher, args.task, args.output, constraint, num_samples=args.num_samples, seed=args.seed,
                  batch_size=args.batch_size, data=data_args(args), overwrite=args.overwrite, device=args.device,
-                 evaluate=not args.no_eval, allow_empty_sublayers=args.allow_empty_sublayers)
+                 evaluate=not args.no_eval, allow_empty_sublayers=args.allow_empty_sublayers,
+                 fisher_precision=args.fisher_precision)
     print(summarise_compress(report, args.output))
 
 
@@ -269,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runtime the latency tables are timed on (default ort: ONNX Runtime, as deployed)")
     p.add_argument("--latency-threads", type=int, help="CPU threads of the deployment runtime (default: torch's)")
     p.add_argument("--lut-cache", help="latency table cache, JSON (default ~/.cache/prunekit/latency_lut.json)")
+    p.add_argument("--fisher-precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                   help="precision of the Fisher pass (default fp32; bf16 is faster on CPUs/GPUs with native bf16 "
+                   "but flips near-ties in the ranking: see bench/results/posttrain.md; auto = bf16 where native)")
     p.add_argument("--no-eval", action="store_true", help="skip the dev evaluations (they are not pruning time)")
     p.add_argument("--allow-empty-sublayers", action="store_true", help="let a layer lose all its heads or all its "
                    "FFN neurons (the sublayer, LayerNorm included, is then removed; off by default: it can wreck accuracy)")

@@ -401,6 +401,22 @@ def test_pipeline_compact_model_equals_the_masked_model(kind, tmp_path):
     assert [r["heads"] for r in report["structure"]] == compact.config.num_heads
 
 
+def test_tuning_toward_the_dense_model_is_an_option_with_its_own_target():
+    model = tiny_model()
+    task = synthetic_task(model)
+    run = lambda target: compress(model, task, Constraint("macs", 0.5), num_samples=64, batch_size=8, progress=False,
+                                  evaluate=False, max_fit_tokens=None, tune_teacher=target)
+    _, assistant, rep_a = run("assistant")
+    _, dense, rep_d = run("dense")
+    assert (rep_a["tuning_teacher"], rep_d["tuning_teacher"]) == ("assistant", "dense")
+    assert torch.equal(assistant.z_head != 0, dense.z_head != 0)  # same units kept: only the scales differ
+    assert not torch.allclose(assistant.z_head, dense.z_head)
+    fitted = [f for f in rep_d["tuning"] if f["status"] == "ok"]
+    assert fitted and all(f["error_after"] <= f["error_before"] * (1 + 1e-9) for f in fitted)
+    with pytest.raises(ValueError, match="tune_teacher"):
+        run("teacher")
+
+
 def test_warning_for_a_teacher_at_chance():
     task = Task(name="sst2", num_labels=2, is_regression=False, labels=["negative", "positive"],
                 dev_sets={"dev": [{"input_ids": [1], "token_type_ids": [0], "label": int(i % 3 == 0)} for i in range(30)]})
