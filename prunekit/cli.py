@@ -194,9 +194,17 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line ("prunekit compress: error: ...") and exit code 2,
+    like every other error of the CLI; `--help` still prints the full usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prunekit", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="prunekit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     p = sub.add_parser("info", help="per-layer structure, params and MACs of a model")
     p.add_argument("model", help="'minilm', a model directory, or a hub id")
@@ -290,7 +298,10 @@ def main(argv=None) -> int:
     from .errors import PrunekitError
     hf_logging.disable_progress_bar()  # transformers' per-load "Loading weights" bar is noise here
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (exit 2) and --help (exit 0) return their code to the caller
+        return e.code if isinstance(e.code, int) else 2
     try:
         args.func(args)
     except PrunekitError as e:

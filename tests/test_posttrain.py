@@ -308,7 +308,8 @@ import random
 from prunekit.checkpoints import load_tokenizer, resolve
 from prunekit.cli import main
 from prunekit.data import Task
-from prunekit.posttrain.pipeline import Constraint, compress, fisher_batches, sample_examples, warn_if_not_fine_tuned
+from prunekit.posttrain.pipeline import (Constraint, compress, fisher_batches, sample_examples, tuning_subset,
+                                        warn_if_not_fine_tuned)
 
 POS, NEG = "good great fine nice lovely superb".split(), "bad awful poor sad dull ugly".split()
 FILLER = "the film was a story it and".split()
@@ -401,6 +402,14 @@ def test_pipeline_compact_model_equals_the_masked_model(kind, tmp_path):
     assert [r["heads"] for r in report["structure"]] == compact.config.num_heads
 
 
+def test_tuning_subset_is_a_prefix_of_whole_examples_with_enough_tokens():
+    sample = [{"input_ids": [1] * n} for n in (10, 30, 20, 40, 10, 50)]
+    assert tuning_subset(sample, None) is sample
+    assert tuning_subset(sample, 55, min_examples=1) == sample[:3]    # 10 + 30 + 20 >= 55
+    assert tuning_subset(sample, 55, min_examples=4) == sample[:4]    # enough [CLS] tokens for the last layer
+    assert tuning_subset(sample, 10_000, min_examples=1) == sample    # fewer tokens than asked: all of it
+
+
 def test_tuning_toward_the_dense_model_is_an_option_with_its_own_target():
     model = tiny_model()
     task = synthetic_task(model)
@@ -443,6 +452,7 @@ def test_compress_verb_writes_a_compact_model_that_equals_the_masked_teacher(tea
     report = json.loads((out / "report.json").read_text(), parse_constant=no_nan)
     assert report["constraint"] == {**report["constraint"], "kind": "macs", "value": 0.5}
     assert report["max_length"] == 64 and report["macs_kept"] <= 0.5 + 1e-9
+    assert report["fisher_precision"] == "fp32"  # the default: bf16 flips near-ties in the ranking
     teacher = prunekit.load_model(str(teacher_dir))
     compact = prunekit.load_model(str(out))
     masks = Masks.load(out / "masks.safetensors", teacher.config)
@@ -463,6 +473,7 @@ def test_compress_verb_writes_a_compact_model_that_equals_the_masked_teacher(tea
     (["--macs", "1e-9", "--allow-empty-sublayers"], "too small to keep a single head or FFN neuron"),
     (["--macs", "0.5", "--method", "cofi"], "not implemented yet"),
     (["--macs", "0.5", "--method", "magic"], "unknown --method"),
+    (["--macs", "0.5", "--fisher-precision", "fp8"], "--fisher-precision"),
 ])
 def test_compress_bad_input_is_one_line_exit_2(teacher_dir, glue_dir, tmp_path, capsys, extra, message):
     cmd = ["compress", "--teacher", str(teacher_dir), "--task", "sst2", "--glue-dir", str(glue_dir),

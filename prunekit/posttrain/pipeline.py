@@ -201,6 +201,8 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
     from ..training import evaluate_task
     constraint.check()
     check_sample(num_samples, batch_size, len(task.train))
+    if tune_teacher not in ("assistant", "dense"):  # before minutes of Fisher, not after
+        raise ValueError(f"tune_teacher must be 'assistant' or 'dense', not {tune_teacher!r}")
     cfg = model.config
     if not cfg.is_uniform():
         raise PrunekitError("post-training pruning needs a dense teacher (same head count and FFN width in every "
@@ -247,8 +249,6 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
     if table is not None:
         details["latency_table_cached"] = cached
     searched = Masks(z_head=final.head_mask, z_int=final.neuron_mask)
-    if tune_teacher not in ("assistant", "dense"):
-        raise ValueError(f"tune_teacher must be 'assistant' or 'dense', not {tune_teacher!r}")
     teacher_masks = (Masks(z_head=assistant.head_mask, z_int=assistant.neuron_mask) if tune_teacher == "assistant"
                      else Masks.ones(cfg, ("z_head", "z_int")))
     score("search", searched)
