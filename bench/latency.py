@@ -47,8 +47,9 @@ def find_pruned(root: Path) -> list[Path]:
     found = []
     for cfg in sorted(root.glob("*/config.json")):
         try:
-            if json.loads(cfg.read_text()).get("model_type") == "prunekit-bert" and (cfg.parent / "model.safetensors").exists():
-                if len(set(json.loads(cfg.read_text())["num_heads"])) > 1 or "pt-" in cfg.parent.name or "pruned" in cfg.parent.name:
+            config = json.loads(cfg.read_text())
+            if config.get("model_type") == "prunekit-bert" and (cfg.parent / "model.safetensors").exists():
+                if len(set(config["num_heads"])) > 1 or "pt-" in cfg.parent.name or "pruned" in cfg.parent.name:
                     found.append(cfg.parent)
         except (OSError, json.JSONDecodeError):
             continue

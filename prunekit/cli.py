@@ -127,6 +127,7 @@ def cmd_compress(args):
     if (args.macs is None) == (args.latency is None):
         raise PrunekitError("give exactly one budget: --macs FRACTION or --latency FRACTION (the part kept, in (0, 1))")
     from .posttrain.pipeline import Constraint, run
+    set_threads(args)
     kind, value = ("macs", args.macs) if args.macs is not None else ("latency", args.latency)
     constraint = Constraint(kind, value, latency_batch=args.latency_batch, latency_seq_len=args.latency_seq_len,
                             lut_cache=args.lut_cache, latency_runtime=args.latency_runtime,

@@ -270,7 +270,6 @@ def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed:
         tune_batches = [collate([subset[i] for i in idx]) for idx in plan]
         # only [CLS] reaches the pooler, so the last layer reconstructs [CLS] alone (classification and regression)
         tuned, fits = tune_masks(model, tune_batches, teacher_masks, rearranged, cls_only_last=True, ridge=ridge,
-                                 max_fit_tokens=None, seed=seed,
                                  precision=resolve_precision(tune_precision, device), ffn_target=ffn_target,
                                  progress=progress)
     score("tuned", tuned)

@@ -89,23 +89,19 @@ class _Normal:
 
 @torch.no_grad()
 def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bool = True, ridge: float = 1e-3,
-               max_scale: float = 10.0, max_fit_tokens: int | None = None, seed: int = 0, precision: str = "fp32",
+               max_scale: float = 10.0, precision: str = "fp32",
                ffn_target: str = "assistant", progress: bool = True):
     """Fit real-valued scales for the student's kept heads and neurons.
 
     batches: a list of dicts with input_ids, attention_mask, token_type_ids (the same sample is
-    walked once per layer, so it is held in memory). teacher, student: Masks with z_head and z_int
+    walked once per layer, so it is held in memory; every real token is fitted, so the caller picks
+    how many examples: pipeline.tuning_subset). teacher, student: Masks with z_head and z_int
     for the dense model. Returns (tuned Masks, [SublayerFit per sublayer]).
 
     Both models run in their compact form (prunekit.prune), which computes exactly what the masked
     model computes but only over kept units: the teacher costs ~sqrt(c) and the student ~c of the
     dense model. A compact head / neuron carries its current mask value folded into its weights, so
     a fitted scale s multiplies that value.
-
-    max_fit_tokens: fit on at most about this many real tokens, drawn at random once for all layers
-    (None: all of them). Every token gives d equations for at most F unknowns, so a few ten
-    thousand tokens pin the scales down; the FFN's normal equations cost tokens * F^2, which on the
-    full sample would cost more than the model's own forward.
 
     precision="bf16": the teacher's and student's sublayers run under bfloat16 autocast (LayerNorm
     stays fp32); the least-squares products and solves are always fp32/fp64.
@@ -134,10 +130,6 @@ def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bo
         tok.append(am.bool())
     if ffn_target not in ("assistant", "dense"):
         raise ValueError(f"ffn_target must be 'assistant' or 'dense', not {ffn_target!r}")
-    total = sum(int(t.sum()) for t in tok)
-    g = torch.Generator().manual_seed(seed)
-    keep = 1.0 if max_fit_tokens is None or total <= max_fit_tokens else max_fit_tokens / total
-    sel = [t & (torch.rand(t.shape, generator=g) < keep).to(t.device) for t in tok]  # the tokens that are fitted
     bf16 = precision == "bf16"
     amp = lambda: torch.autocast(torch.device(dev).type, dtype=torch.bfloat16, enabled=bf16)
     fits = []
@@ -148,13 +140,13 @@ def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bo
         cls_only = cls_only_last and last
         if model.config.num_heads[l] > 0:
             kept = head[l].nonzero().flatten()
-            fit, s = _tune_attention(t_layer.attention, s_layer.attention, l, xt, xs, biases, sel, cls_only,
+            fit, s = _tune_attention(t_layer.attention, s_layer.attention, l, xt, xs, biases, tok, cls_only,
                                      ridge, max_scale, amp)
             head[l, kept] *= s.float().cpu()
             fits.append(fit)
         if model.config.ffn_dim[l] > 0:
             kept = neuron[l].nonzero().flatten()
-            fit, s = _tune_ffn(t_layer.ffn, s_layer.ffn, l, xt, xs, sel, cls_only, ridge, max_scale, amp,
+            fit, s = _tune_ffn(t_layer.ffn, s_layer.ffn, l, xt, xs, tok, cls_only, ridge, max_scale, amp,
                                advance=not last,
                                target_ffn=model.bert.layers[l].ffn if ffn_target == "dense" else None)
             neuron[l, kept] *= s.float().cpu()
