@@ -4,7 +4,7 @@ The exporter is chosen on purpose: torch.onnx.export with dynamo=False (the Torc
 and dynamic_axes for batch and sequence. Its graph keeps each layer's Q/K/V reshape as
 [batch, seq, <literal heads>, <literal head_dim>], which is the pattern ONNX Runtime's attention
 fusion reads per-layer head counts from; dynamo-exported BERT graphs are not fused by it
-(docs: environment.md section 4, peers.md section 2.3). prunekit's model writes those literals
+(tests/test_export.py checks the fused head counts). prunekit's model writes those literals
 and has no code at all for absent sublayers, so a layer with no heads or no FFN has no nodes.
 
 The pipeline (export_onnx) works in a temporary directory beside the output (prunekit.io.output_dir)

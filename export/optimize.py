@@ -6,7 +6,7 @@ kernel splits the projections by, so it must be the layer's own head count. The 
 per layer from the constant shape of that layer's Q Reshape ([0, 0, heads, head_dim], which
 prunekit's model writes as literals) when called with num_heads=0, hidden_size=0. Passing one global
 head count instead (what Optimum does) makes every layer use it: silently wrong logits or a
-session that fails to load on pruned models (docs: environment.md section 4).
+session that fails to load on pruned models (tests/test_export.py, test_wrong_fused_head_count_is_caught_and_repaired).
 
 So: fuse with 0/0, then check that there is exactly one Attention node per layer with heads, that
 each node's num_heads matches the head count its weight shape implies (and set it from the weight
@@ -15,20 +15,44 @@ if ORT guessed wrong), and let the caller validate the numbers again.
 import logging
 from collections import Counter
 from contextlib import contextmanager
+from pathlib import Path
 
 import onnx
 from onnx import numpy_helper
 
 from prunekit.errors import PrunekitError
 
+class _FromOnnxRuntime(logging.Filter):
+    """Drops log records of warning level and below that were emitted by onnxruntime's Python code."""
+
+    def __init__(self):
+        super().__init__()
+        import onnxruntime
+        self.root = str(Path(onnxruntime.__file__).parent)
+
+    def filter(self, record):
+        return record.levelno > logging.WARNING or not record.pathname.startswith(self.root)
+
+
 @contextmanager
-def quiet_logs(level=logging.WARNING):
-    """ORT's optimizer and quantizer log routine notes as warnings; keep the user's terminal clean."""
-    logging.disable(level)
+def quiet_logs():
+    """ORT's optimizer and quantizer log routine notes as warnings; keep the user's terminal clean.
+
+    Only records from onnxruntime's own modules are dropped, and only inside this block: its
+    transformers tools import their modules under top-level names (fusion_attention, onnx_model...)
+    and the quantizer logs on the root logger, so the filter goes by the emitting file, on the root
+    logger and on every handler a record can reach (the root's handlers, or logging.lastResort).
+    """
+    drop = _FromOnnxRuntime()
+    root = logging.getLogger()
+    targets = [root, *root.handlers, *([logging.lastResort] if logging.lastResort else [])]
+    for t in targets:
+        t.addFilter(drop)
     try:
         yield
     finally:
-        logging.disable(logging.NOTSET)
+        for t in targets:
+            t.removeFilter(drop)
 
 
 def op_counts(model: onnx.ModelProto) -> dict:

@@ -64,7 +64,7 @@ def new_session(model, device: str = "cpu", threads: int | None = None, spinning
         raise
     except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types, all plain Exceptions
         where = "the model" if isinstance(model, bytes) else model
-        raise PrunekitError(f"ONNX Runtime cannot load {where}: {str(e).splitlines()[0]}") from None
+        raise PrunekitError(f"ONNX Runtime cannot load {where}: {str(e).splitlines()[0]}") from e
     if device == "cuda" and session.get_providers()[0] != CUDA:
         raise PrunekitError("ONNX Runtime could not start its CUDA provider (no GPU, or CUDA/cuDNN libraries "
                             "missing) and would silently run on the CPU; use --device cpu or fix the CUDA install")
@@ -143,13 +143,12 @@ class OnnxClassifier:
 
 def onnx_predictor(model_dir, device: str = "cpu"):
     """What `prunekit eval` scores for an export directory: (OnnxClassifier, tokenizer, config)."""
-    from prunekit.checkpoints import load_tokenizer, read_config
+    from prunekit.checkpoints import read_config
     from prunekit.config import PrunekitBertConfig
+    from prunekit.tokenizer import load_tokenizer, require_tokenizer
     model_dir = Path(model_dir)
     config = PrunekitBertConfig.from_dict(read_config(model_dir))
-    tokenizer = load_tokenizer(model_dir)
-    if tokenizer is None:
-        raise PrunekitError(f"{model_dir} has model.onnx but no tokenizer files (vocab.txt / tokenizer.json)")
+    tokenizer = require_tokenizer(load_tokenizer(model_dir), model_dir, "evaluation reads text")
     report = model_dir / "export_report.json"
     if device != "cuda" and report.is_file() and json.loads(report.read_text()).get("variant") == "fp16":
         raise PrunekitError(f"{model_dir} is an fp16 export for the CUDA provider: evaluate it with --device cuda")

@@ -75,17 +75,14 @@ def environment(threads: int, device: str = "cpu") -> dict:
     import onnxruntime
     import torch
     import transformers
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+
+    from .machine import cpu_name, load_average
+    cpu = cpu_name()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__,
             "cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads, "device": device, "gpu": gpu,
-            "platform": platform.platform()}
+            "platform": platform.platform(), "load_average": load_average()}
 
 
 @dataclass

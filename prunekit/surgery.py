@@ -43,44 +43,47 @@ def prune(model, masks: Masks):
         out[f"{e}.{table}.weight"] = src[f"{e}.{table}.weight"][:, hid] * zh_kept
     norm(f"{e}.norm", f"{e}.norm")
 
+    def linear(name, rows=None, cols=None, row_scale=None, col_scale=None):
+        """Keep rows (outputs) and columns (inputs) of a Linear, scaling rows (bias too) and columns."""
+        w, bias = src[f"{name}.weight"], src[f"{name}.bias"]
+        if rows is not None:
+            w, bias = w[rows], bias[rows]
+        if cols is not None:
+            w = w[:, cols]
+        if row_scale is not None:
+            w, bias = w * row_scale[:, None], bias * row_scale
+        if col_scale is not None:
+            w = w * col_scale
+        out[f"{name}.weight"], out[f"{name}.bias"] = w, bias
+
+    def sublayer(units, gate, l, width):
+        """(per-unit scales, layer gate, kept unit indices) of one sublayer of layer l; no unit is kept
+        when the sublayer is absent, its gate is zero or all its units are."""
+        z = f32(None if units is None else units[l], width)
+        g = f32(None if gate is None else gate[l], ())
+        alive = width > 0 and g != 0 and (z != 0).any()
+        return z, g, _nonzero(z if alive else torch.zeros(0, device=dev))
+
     dh = cfg.head_dim
     for l in range(cfg.num_layers):
         p = f"bert.layers.{l}"
-        # attention: keep head h when its scale is non-zero and the sublayer is alive
-        H = cfg.num_heads[l]
-        z_head = f32(None if masks.z_head is None else masks.z_head[l], H)
-        z_mha = f32(None if masks.z_mha is None else masks.z_mha[l], ())
-        heads = _nonzero(z_head) if (H > 0 and z_mha != 0 and (z_head != 0).any()) else _nonzero(torch.zeros(0))
+        z_head, z_mha, heads = sublayer(masks.z_head, masks.z_mha, l, cfg.num_heads[l])
         num_heads.append(len(heads))
         if len(heads):
             a = f"{p}.attention"
-            rows = (heads[:, None] * dh + torch.arange(dh, device=dev)).flatten()      # Q/K/V output rows of kept heads
-            row_scale = z_head[heads].repeat_interleave(dh)
-            out[f"{a}.query.weight"] = src[f"{a}.query.weight"][rows][:, hid]          # rows: heads, cols: hidden
-            out[f"{a}.query.bias"] = src[f"{a}.query.bias"][rows]
-            out[f"{a}.key.weight"] = src[f"{a}.key.weight"][rows][:, hid]
-            out[f"{a}.key.bias"] = src[f"{a}.key.bias"][rows]
-            out[f"{a}.value.weight"] = src[f"{a}.value.weight"][rows][:, hid] * row_scale[:, None]
-            out[f"{a}.value.bias"] = src[f"{a}.value.bias"][rows] * row_scale
-            scale = z_mha * zh_kept                                                     # per output row (hidden)
-            out[f"{a}.output.weight"] = src[f"{a}.output.weight"][hid][:, rows] * scale[:, None]
-            out[f"{a}.output.bias"] = src[f"{a}.output.bias"][hid] * scale
+            rows = (heads[:, None] * dh + torch.arange(dh, device=dev)).flatten()  # Q/K/V output rows of kept heads
+            linear(f"{a}.query", rows, hid)                                        # rows: heads, cols: hidden
+            linear(f"{a}.key", rows, hid)
+            linear(f"{a}.value", rows, hid, row_scale=z_head[heads].repeat_interleave(dh))  # z_head scales V
+            linear(f"{a}.output", hid, rows, row_scale=z_mha * zh_kept)             # rows: hidden (z_mha, z_hidden)
             norm(f"{a}.residual.norm", f"{a}.residual.norm")
 
-        # FFN: keep unit j when its scale is non-zero and the sublayer is alive
-        Fw = cfg.ffn_dim[l]
-        z_int = f32(None if masks.z_int is None else masks.z_int[l], Fw)
-        z_ffn = f32(None if masks.z_ffn is None else masks.z_ffn[l], ())
-        units = _nonzero(z_int) if (Fw > 0 and z_ffn != 0 and (z_int != 0).any()) else _nonzero(torch.zeros(0))
+        z_int, z_ffn, units = sublayer(masks.z_int, masks.z_ffn, l, cfg.ffn_dim[l])
         ffn_dim.append(len(units))
         if len(units):
             f = f"{p}.ffn"
-            out[f"{f}.up.weight"] = src[f"{f}.up.weight"][units][:, hid]                # rows: units, cols: hidden
-            out[f"{f}.up.bias"] = src[f"{f}.up.bias"][units]
-            scale = z_ffn * zh_kept
-            down = src[f"{f}.down.weight"][hid][:, units] * z_int[units]               # cols: units (z_int)
-            out[f"{f}.down.weight"] = down * scale[:, None]                            # rows: hidden (z_ffn, z_hidden)
-            out[f"{f}.down.bias"] = src[f"{f}.down.bias"][hid] * scale
+            linear(f"{f}.up", units, hid)                                           # rows: units, cols: hidden
+            linear(f"{f}.down", hid, units, row_scale=z_ffn * zh_kept, col_scale=z_int[units])  # cols: units (z_int)
             norm(f"{f}.residual.norm", f"{f}.residual.norm")
 
     out["bert.pooler.weight"] = src["bert.pooler.weight"][:, hid]                      # cols: hidden

@@ -1,11 +1,13 @@
 """Fine-tuning and evaluation: the loop that makes a task teacher, and dev-set scoring.
 
 - evaluate(predict, examples, task_name): scores any `predict(batch) -> logits`, so the same code
-  scores a PyTorch model (torch_predictor) or, later, an ONNX Runtime session.
-- Trainer: AdamW with linear warm-up and decay, gradient clipping, dev evaluation every
-  `eval_every` steps (default: each epoch), the best model kept in the output directory
-  (save_pretrained), and a resumable checkpoint in <output>/last. CoFi reuses it by overriding
-  loss() and parameter_groups(); nothing here is global, so one Trainer per process can run under DDP.
+  scores a PyTorch model, masked or not (torch_predictor), or an ONNX Runtime session.
+- Trainer: AdamW with linear warm-up and decay (transformers' schedule), gradient clipping, dev
+  evaluation every `eval_every` steps (default: each epoch), the best model kept in the output
+  directory (save_pretrained), and a resumable checkpoint in <output>/last. CoFi reuses it by
+  overriding loss(), train_step(), evaluate() and the checkpoint hooks (optimizers(),
+  checkpoint_module(), extra_state()); nothing here is global, so one Trainer per process can run
+  under DDP.
 
 Output directory of a run:
   config.json, model.safetensors, tokenizer files   the best model so far (by the task's main metric)
@@ -13,28 +15,29 @@ Output directory of a run:
   log.jsonl                                         one line per evaluation
   train_args.json                                   the settings of the run
   last/                                             resume checkpoint (removed when the run completes):
-     model.safetensors, optimizer.safetensors, rng.safetensors, state.json (step, scheduler, best, history)
+     model.safetensors, optimizer-<name>.safetensors, rng.safetensors,
+     state.json (step, schedulers, best, history, a subclass's extra state)
 
 The batch order of epoch e depends only on (seed, e), and the dropout RNG is saved with each
 checkpoint, so a resumed run on CPU ends with the same weights as an uninterrupted one.
 """
 import json
 import math
-import os
 import shutil
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from .data import Task, batch_indices, collate
 from .errors import PrunekitError
-from .io import output_dir
+from .io import output_dir, write_json
 from .metrics import compute_metrics, main_metric
+from .timing import Stopwatch
 
 LAST = "last"
 # settings that must not change between a run and its resumption
@@ -51,11 +54,15 @@ def bar_interval() -> float:
     return 1 if sys.stderr.isatty() else 30
 
 
-def torch_predictor(model, device="cpu"):
-    """predict(batch) -> logits on the CPU, for a PyTorch model (in eval mode while it runs)."""
+def torch_predictor(model, device="cpu", masks=None):
+    """predict(batch) -> logits on the CPU, for a PyTorch model (in eval mode while it runs), under
+    `masks` when given (the masked model)."""
+    masks = None if masks is None else masks.to(device)
+
     def predict(batch):
         model.eval()
-        return model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+        with torch.no_grad():
+            return model(**{k: v.to(device) for k, v in batch.items()}, masks=masks).logits.float().cpu()
     return predict
 
 
@@ -104,30 +111,24 @@ def evaluate_task(predict, task: Task, batch_size: int = 128, progress: bool = T
 
 @dataclass
 class TrainArgs:
-    output: str
-    epochs: float = 3.0
-    lr: float = 5e-5
-    batch_size: int = 32
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    seed: int = 42
+    """Fine-tuning settings; `prunekit finetune` takes its defaults from here."""
+    output: str                       # run directory: the best model, metrics, logs, resume checkpoint
+    # Basic
+    epochs: float = 3.0               # BERT's GLUE recipe (Devlin et al.): 2-4 epochs
+    lr: float = 5e-5                  # peak learning rate; the top of BERT's {2,3,5}e-5 grid
+    batch_size: int = 32              # BERT's GLUE batch size
+    seed: int = 42                    # batch order, dropout and a fresh classifier's init
     max_steps: int | None = None      # stop after this many steps (the schedule is fitted to it)
+    # Advanced
+    weight_decay: float = 0.01        # BERT's AdamW decay, off for biases and LayerNorm
+    warmup_ratio: float = 0.1         # linear warm-up over the first 10% of steps, then linear decay
+    max_grad_norm: float = 1.0        # gradient clipping, as HF's Trainer
     eval_every: int | None = None     # steps between dev evaluations; None = once per epoch
     save_every: int | None = None     # steps between resume checkpoints; None = at each evaluation, at most 200
-    eval_batch_size: int = 128
-    group_by_length: bool = True
+    eval_batch_size: int = 128        # evaluation only; big batches in length order pad little
+    group_by_length: bool = True      # batches of similar length: far less padding than plain shuffling
     device: str = "cpu"
-    progress: bool = True
-
-
-def linear_warmup_decay(warmup: int, total: int):
-    """lr factor: 0 -> 1 over `warmup` steps, then 1 -> 0 at `total` (HF's linear schedule)."""
-    def factor(step):
-        if step < warmup:
-            return step / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
-    return factor
+    progress: bool = True             # tqdm bars
 
 
 def trained_labels(config) -> list | None:
@@ -167,10 +168,7 @@ class Trainer:
             raise PrunekitError(f"{task.name}: no training examples")
         if not task.dev_sets:
             raise PrunekitError(f"{task.name}: no dev set to evaluate on")
-        counts = (args.batch_size, args.max_steps, args.eval_every, args.save_every, args.eval_batch_size)
-        if args.lr <= 0 or args.epochs <= 0 or any(n is not None and n < 1 for n in counts):
-            raise PrunekitError("learning rate, epochs, batch sizes, max steps, eval and save intervals "
-                                "must be positive")
+        check_train_args(args)
         self.model, self.task, self.args = model.to(args.device), task, args
         set_task_labels(model.config, task)
         self.out = Path(args.output)
@@ -181,16 +179,16 @@ class Trainer:
             self.total_steps = min(self.total_steps, args.max_steps)
         self.eval_every = args.eval_every or self.steps_per_epoch
         self.save_every = args.save_every or min(self.eval_every, 200)  # an interruption loses minutes, not an epoch
-        # fused: one kernel for all parameters; on CPU it cuts the optimiser's share of a step ~4x (92 -> 25 ms)
+        # fused: one kernel for all parameters, much cheaper on CPU (bench/results/teachers.md)
         self.optimizer = torch.optim.AdamW(self.parameter_groups(), lr=args.lr, fused=True)
-        warmup = round(args.warmup_ratio * self.total_steps)
-        schedule = linear_warmup_decay(warmup, self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, round(args.warmup_ratio * self.total_steps),
+                                                         self.total_steps)
         self.step = 0
         self.best = None          # {"step", metrics...} of the best evaluation so far
         self.history = []         # one dict per evaluation
         self.losses = []          # training losses since the last evaluation
-        self.train_seconds = 0.0
+        self.watch = Stopwatch()  # "train": the optimisation steps only (no evaluation, no checkpoints)
+        self.train_seconds_before = 0.0  # training time of the run before a resume
 
     # -- what is learned (override these) -------------------------------------------------------
     def loss(self, batch) -> torch.Tensor:
@@ -205,6 +203,30 @@ class Trainer:
                 (no_decay if name.endswith("bias") or ".norm." in name else decay).append(p)
         return [{"params": decay, "weight_decay": self.args.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
+
+    def optimizers(self) -> dict:
+        """name -> (optimizer, scheduler or None): what a checkpoint saves and a resume restores."""
+        return {"model": (self.optimizer, self.scheduler)}
+
+    def checkpoint_module(self) -> torch.nn.Module:
+        """The module whose state_dict a checkpoint holds (a subclass may add gates, projections...)."""
+        return self.model
+
+    def extra_state(self) -> dict:
+        """JSON-able loop state a subclass keeps in the checkpoint (restored by load_extra_state)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def postfix(self) -> dict:
+        """What the progress bar shows besides the step count."""
+        recent = self.losses[-50:]
+        return {"loss": f"{sum(recent) / len(recent):.4f}", "lr": f"{self.scheduler.get_last_lr()[0]:.2e}"}
+
+    @property
+    def train_seconds(self) -> float:
+        return self.train_seconds_before + self.watch.seconds.get("train", 0.0)
 
     # -- the loop ------------------------------------------------------------------------------
     def train_step(self, batch) -> float:
@@ -234,28 +256,22 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"finetune {self.task.name}", unit="step",
                    disable=not a.progress, mininterval=bar_interval())
-        started = time.perf_counter()
         while self.step < self.total_steps:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
             plan = batch_indices(self.task.train, a.batch_size, shuffle=True, seed=a.seed + epoch,
                                  group_by_length=a.group_by_length)
             for idx in plan[skip:]:
                 batch = {k: v.to(a.device) for k, v in collate([self.task.train[i] for i in idx]).items()}
-                self.losses.append(self.train_step(batch))
+                with self.watch("train"):
+                    self.losses.append(self.train_step(batch))
                 self.step += 1
-                recent = self.losses[-50:]
                 bar.update(1)
-                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
-                                refresh=False)
+                bar.set_postfix(self.postfix(), refresh=False)
                 done = self.step >= self.total_steps
                 if self.step % self.eval_every == 0 or done:
-                    self.train_seconds += time.perf_counter() - started
                     self.evaluate_and_keep_best(bar)
-                    started = time.perf_counter()
                 if self.step % self.save_every == 0 and not done:
-                    self.train_seconds += time.perf_counter() - started
                     self.save_checkpoint()
-                    started = time.perf_counter()
                 if done:
                     break
         bar.close()
@@ -273,6 +289,13 @@ class Trainer:
         self.model.train()
         return metrics
 
+    def eligible(self, record: dict) -> bool:
+        """Whether this evaluation may become the kept model (CoFi: only once near its target size)."""
+        return True
+
+    def save_best(self):
+        self.model.save_pretrained(self.out)
+
     def evaluate_and_keep_best(self, bar=None):
         train_loss = sum(self.losses) / len(self.losses)
         self.losses = []
@@ -281,30 +304,35 @@ class Trainer:
         self.history.append(record)
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        improved = self.best is None or record[self.metric] > self.best[self.metric]
+        improved = self.eligible(record) and (self.best is None or record[self.metric] > self.best[self.metric])
         if improved:
             self.best = record
-            self.model.save_pretrained(self.out)
+            self.save_best()
         shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "epoch"))
         (bar.write if bar is not None else print)(f"step {self.step}: {shown}{'  (best)' if improved else ''}")
 
     # -- resumable checkpoint ----------------------------------------------------------------
     def save_checkpoint(self):
         """<output>/last: weights, optimizer moments, RNG and loop state; built beside it, then swapped in."""
-        opt = self.optimizer.state_dict()
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        groups, schedulers = {}, {}
         with output_dir(self.out / LAST, overwrite=True) as tmp:
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()},
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.checkpoint_module().state_dict().items()},
                       str(tmp / "model.safetensors"))
-            save_file({f"{i}.{k}": v.contiguous().cpu() for i, s in opt["state"].items() for k, v in s.items()},
-                      str(tmp / "optimizer.safetensors"))
+            for name, (opt, sched) in self.optimizers().items():
+                state = opt.state_dict()
+                save_file({f"{i}.{k}": torch.as_tensor(v).contiguous().cpu()
+                           for i, s in state["state"].items() for k, v in s.items()},
+                          str(tmp / f"optimizer-{name}.safetensors"))
+                groups[name] = state["param_groups"]
+                schedulers[name] = None if sched is None else sched.state_dict()
             save_file(rng, str(tmp / "rng.safetensors"))
             write_json(tmp / "state.json", {
                 "step": self.step, "best": self.best, "history": self.history, "losses": self.losses,
-                "train_seconds": self.train_seconds,
-                "param_groups": opt["param_groups"], "scheduler": self.scheduler.state_dict(),
+                "train_seconds": self.train_seconds, "param_groups": groups, "schedulers": schedulers,
+                "extra": self.extra_state(),
                 "args": {k: getattr(self.args, k) for k in RESUME_KEYS}, "total_steps": self.total_steps})
 
     def load_checkpoint(self):
@@ -317,30 +345,40 @@ class Trainer:
         if changed or state["total_steps"] != self.total_steps:
             raise PrunekitError(f"cannot resume {self.out} with different settings: "
                                 f"{'; '.join(changed) or 'a different number of training examples'}")
-        self.model.load_state_dict(load_file(str(last / "model.safetensors"), device=str(self.args.device)))
-        moments = load_file(str(last / "optimizer.safetensors"), device=str(self.args.device))
-        opt_state = {}
-        for key, t in moments.items():
-            i, name = key.split(".", 1)
-            opt_state.setdefault(int(i), {})[name] = t
-        self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.checkpoint_module().load_state_dict(load_file(str(last / "model.safetensors"), device=str(self.args.device)))
+        for name, (opt, sched) in self.optimizers().items():
+            opt_state = {}
+            for key, t in load_file(str(last / f"optimizer-{name}.safetensors"), device=str(self.args.device)).items():
+                i, k = key.split(".", 1)
+                opt_state.setdefault(int(i), {})[k] = t
+            opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"][name]})
+            if sched is not None:
+                sched.load_state_dict(state["schedulers"][name])
         rng = load_file(str(last / "rng.safetensors"))
         torch.set_rng_state(rng["torch"])
         if torch.cuda.is_available() and "cuda0" in rng:
             torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count())])
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
         self.losses = state["losses"]
-        self.train_seconds = state["train_seconds"]
+        self.train_seconds_before = state["train_seconds"]
+        self.load_extra_state(state["extra"])
         with open(self.out / "log.jsonl", "w") as f:  # drop evaluations made after this checkpoint
             f.writelines(json.dumps(r) + "\n" for r in self.history)
 
 
-def write_json(path: Path, obj):
-    """Write JSON through a temp file and a rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+def check_train_args(args: TrainArgs):
+    """Every number of a run must be finite and positive (before any model or data is loaded)."""
+    positive = {"epochs": args.epochs, "lr": args.lr, "batch size": args.batch_size,
+                "eval batch size": args.eval_batch_size}
+    optional = {"max steps": args.max_steps, "eval interval": args.eval_every, "save interval": args.save_every}
+    bad = [k for k, v in positive.items() if not (math.isfinite(v) and v > 0)]
+    bad += [k for k, v in optional.items() if v is not None and v < 1]
+    bad += [k for k, v in {"weight decay": args.weight_decay, "max grad norm": args.max_grad_norm}.items()
+            if not (math.isfinite(v) and v >= 0)]
+    if not 0 <= args.warmup_ratio < 1:
+        bad.append("warmup ratio (in [0, 1))")
+    if bad:
+        raise PrunekitError(f"these settings must be finite and positive: {', '.join(bad)}")
 
 
 def prepare_output(output, resume: bool, overwrite: bool) -> Path:
@@ -371,12 +409,12 @@ def finetune(model_name: str, task_name: str, args: TrainArgs, resume: bool = Fa
     data: load_task's keyword arguments (glue_dir, max_length, train_file, dev_file, text_columns,
     label_column, max_train_samples).
     """
-    from .checkpoints import load_model, load_tokenizer, resolve
+    from .checkpoints import load_model, resolve
     from .data import load_task
+    from .tokenizer import load_tokenizer, require_tokenizer
+    check_train_args(args)
     prepare_output(args.output, resume, overwrite)
-    tokenizer = load_tokenizer(resolve(model_name))
-    if tokenizer is None:
-        raise PrunekitError(f"{model_name} has no tokenizer files (vocab.txt / tokenizer.json)")
+    tokenizer = require_tokenizer(load_tokenizer(resolve(model_name)), model_name, "fine-tuning reads text")
     task = load_task(task_name, tokenizer, **data)
     torch.manual_seed(args.seed)  # a fresh classifier head starts the same way for a given seed
     model = load_model(model_name, num_labels=task.num_labels)

@@ -1,4 +1,4 @@
-"""Fisher information of the head and FFN-neuron masks (Kwon et al. 2022, anchors.md §2.3).
+"""Fisher information of the head and FFN-neuron masks (Kwon et al. 2022, Fisher-based mask search; reference code: prune/fisher.py).
 
 Every head and every FFN neuron gets a multiplicative mask fixed at 1. The task loss on training
 labels is back-propagated to the masks only (weights frozen, model in eval mode, so no dropout), one
@@ -9,32 +9,18 @@ squares:
 The gradients are of the batch-mean loss, as in the reference: not per-example gradients.
 
 precision="bf16" runs the forward and backward under bfloat16 autocast: faster on CPUs with native
-bf16 (AVX512_BF16 / AMX) and on recent GPUs (SST-2 teacher, 2-core EPYC: 7 s instead of 9 s). The bf16
-mask gradients correlate with the fp32 ones at 0.99998 on the MRPC teacher, yet near-ties in the
-ranking flip, and on the SST-2 teacher that cost 0.5 dev points on average over three seeds, so the
+bf16 (AVX512_BF16 / AMX) and on recent GPUs. The bf16 mask gradients correlate closely with the fp32
+ones, yet near-ties in the ranking flip and that cost dev accuracy (bench/results/posttrain.md), so the
 pipeline's default is fp32; "auto" picks bf16 where the hardware has it and fp32 elsewhere (emulated
 bf16 would be slower, not faster).
 """
-from pathlib import Path
-
 import torch
 from tqdm.auto import tqdm
 
+from ..machine import native_bf16
 from ..masks import Masks
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
-
-
-def native_bf16(device) -> bool:
-    """Whether bf16 matmuls are native here (and so faster than fp32, not emulated)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def resolve_precision(precision: str, device) -> str:

@@ -1,4 +1,4 @@
-"""Block-latency lookup tables for the latency constraint (Kwon et al. 2022, anchors.md §2.6).
+"""Block-latency lookup tables for the latency constraint (Kwon et al. 2022, section 3.3).
 
 A table holds, for one runtime, device and input shape (batch, sequence length), the measured latency
 of one attention sublayer with n heads (n = 1 .. H) and of one FFN sublayer with n neurons
@@ -19,8 +19,6 @@ Runtime session, CPU provider, or CUDA with device="cuda"), the runtime prunekit
 import io
 import json
 import os
-import platform
-import time
 import warnings
 from pathlib import Path
 
@@ -30,21 +28,12 @@ from tqdm.auto import tqdm
 
 from ..config import PrunekitBertConfig
 from ..errors import PrunekitError
+from ..io import write_json
+from ..machine import device_name, load_average
 from ..model import Attention, FeedForward
+from ..timing import median_ms
 
 DEFAULT_CACHE = Path(os.environ.get("PRUNEKIT_CACHE", Path.home() / ".cache" / "prunekit")) / "latency_lut.json"
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def table_key(config, batch: int, seq_len: int, runtime: str = "torch", device: str = "cpu", threads=None) -> str:
@@ -56,33 +45,6 @@ def table_key(config, batch: int, seq_len: int, runtime: str = "torch", device: 
 def ffn_grid(F: int, points: int = 48) -> list[int]:
     step = max(1, F // points)
     return sorted(set([1, F] + list(range(step, F, step))))
-
-
-def _timer(device):
-    if device.startswith("cuda"):
-        def run(fn, warmup, repeats):
-            for _ in range(warmup):
-                fn()
-            times = []
-            for _ in range(repeats):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-            return float(np.median(times))
-    else:
-        def run(fn, warmup, repeats):
-            for _ in range(warmup):
-                fn()
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-            return float(np.median(times))
-    return run
 
 
 class _Block(torch.nn.Module):
@@ -128,31 +90,31 @@ def measure_tables(config, batch: int, seq_len: int, device: str = "cpu", warmup
 
 
 def _measure(config, batch, seq_len, device, warmup, repeats, progress, runtime, threads):
-    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    load = load_average()
     H, F, d = config.num_heads[0], config.ffn_dim[0], config.hidden_size
     block_cfg = PrunekitBertConfig(hidden_size=d, head_dim=config.head_dim, num_heads=[H], ffn_dim=[F],
                                    layer_norm_eps=config.layer_norm_eps)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, seq_len, d, generator=g).to(device)
     bias = torch.zeros(batch, 1, 1, seq_len, device=device)
-    timed = _timer(device if runtime == "torch" else "cpu")  # ORT's session.run returns when the work is done
+    clock = device if runtime == "torch" else "cpu"  # ORT's session.run returns when the work is done
     mha = []
     grid = ffn_grid(F)
     bar = tqdm(total=H + len(grid), desc=f"latency table b{batch} s{seq_len}", disable=not progress, leave=False)
     for n in range(1, H + 1):
         block = Attention(block_cfg, n).to(device).eval()
-        mha.append(timed(_runner(block, (x, bias), runtime, device, threads), warmup, repeats))
+        mha.append(median_ms(_runner(block, (x, bias), runtime, device, threads), warmup, repeats, clock))
         bar.update()
     ffn_at = []
     for n in grid:
         block = FeedForward(block_cfg, n).to(device).eval()
-        ffn_at.append(timed(_runner(block, (x,), runtime, device, threads), warmup, repeats))
+        ffn_at.append(median_ms(_runner(block, (x,), runtime, device, threads), warmup, repeats, clock))
         bar.update()
     bar.close()
     ffn = np.interp(np.arange(1, F + 1), grid, ffn_at).tolist()
     return {"mha": mha, "ffn": ffn, "ffn_grid": grid, "ffn_measured": ffn_at, "unit": "ms",
             "warmup": warmup, "repeats": repeats, "runtime": runtime, "device": device, "threads": threads,
-            "load_average_before": load, "load_average_after": list(os.getloadavg()) if load else None}
+            "load_average_before": load, "load_average_after": load_average()}
 
 
 RUNTIMES = ("ort", "torch")
@@ -173,10 +135,7 @@ def load_or_measure(config, batch: int, seq_len: int, cache_path=None, device: s
     table["key"] = key
     cache = _read_cache(path)  # re-read: another run may have added tables meanwhile
     cache[key] = table
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(cache, indent=1))
-    os.replace(tmp, path)
+    write_json(path, cache)
     return table, False
 
 
@@ -187,7 +146,7 @@ def _read_cache(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
         # never overwrite a file we cannot read: it may be something else given by mistake
-        raise PrunekitError(f"latency table cache {path} is not a readable JSON file ({type(e).__name__})") from None
+        raise PrunekitError(f"latency table cache {path} is not a readable JSON file ({type(e).__name__})") from e
     if not isinstance(data, dict) or not all(isinstance(v, dict) and "mha" in v and "ffn" in v for v in data.values()):
         raise PrunekitError(f"{path} is not a prunekit latency table cache")
     return data

@@ -2,37 +2,37 @@
 
     teacher (fine-tuned) ── sample 2048 training examples (without replacement)
         │
-        ├─ fisher     per-batch gradients of all-ones head / neuron masks         fisher.py
-        ├─ search     binary masks at c (and the teacher-assistant masks at sqrt c) search.py (+ latency.py)
-        ├─ rearrange  which units in each layer, same counts                      rearrange.py
-        ├─ tune       real-valued scales by layer-wise least squares              tune.py
+        ├─ fisher     per-batch gradients of all-ones head / neuron masks         fisher.py    -> FisherResult
+        ├─ search     binary masks at c (and the teacher-assistant masks at sqrt c) search.py  -> SearchStage
+        ├─ rearrange  which units in each layer, same counts                      rearrange.py -> RearrangeResult
+        ├─ tune       real-valued scales by layer-wise least squares              tune.py      -> TuneResult
         └─ surgery    scales folded into the weights, pruned units cut out        prunekit.prune
     -> output dir: the compact model (save_pretrained), masks.safetensors (the real-valued z_head /
-       z_int), report.json (constraint, macs_kept, params_kept, per-layer structure, dev metric after
-       each stage, wall time per stage).
+       z_int), report.json (built from the stage results by build_report: constraint, macs_kept,
+       params_kept, per-layer structure, dev metric after each stage, wall time per stage).
 
-compress() works on a loaded model and Task (what tests and benchmarks call); run() is the CLI's:
-it loads the teacher and the data, calls compress() and writes the output directory atomically.
+PostTrainConfig declares every setting once, with its default and the reason for it; the CLI reads
+its defaults from there. compress() works on a loaded model and Task (what tests and benchmarks call);
+run() is the CLI's: it loads the teacher and the data, calls compress() and writes the output
+directory atomically.
 
-Where this departs from the reference, and why (each is an option of compress(); bench/posttrain.py
-measures the alternatives):
-  - Fisher batches group examples of similar length (padding cost 1.5-3x on GLUE otherwise);
+Where this departs from the reference, and why (each is a PostTrainConfig field; bench/posttrain.py
+measures the alternatives, bench/results/posttrain.md has the figures):
+  - Fisher batches group examples of similar length (dynamic padding otherwise pays for many
+    padding tokens on GLUE);
   - the tuning forwards run in bf16 autocast where the hardware has native bf16 (the least squares
-    themselves stay fp32/fp64); the Fisher pass stays fp32 by default: on the SST-2 teacher a bf16
-    Fisher changed which units were kept and cost 0.5 points on average over three seeds, for 2 s saved;
+    themselves stay fp32/fp64); the Fisher pass stays fp32 by default: a bf16 Fisher changed which
+    units were kept and cost dev accuracy for little time saved;
   - mask tuning walks a random subset of the sample holding about 32768 tokens, not all of it (each
-    token gives d equations, so that pins the scales down at a third of the cost on MRPC);
+    token gives d equations, so that pins the scales down at a fraction of the cost);
   - every layer keeps at least one head and one neuron (an empty sublayer loses its LayerNorm);
   - the sample is drawn without replacement, MACs use the sample's length distribution, the
     latency budget is computed once, and a failing tuning fit skips only its own sublayer.
 """
-import json
 import math
 import sys
-import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -42,23 +42,28 @@ from ..data import batch_indices, collate, lengths
 from ..errors import PrunekitError
 from ..masks import Masks
 from ..surgery import prune
+from ..teachers import check_output, load_teacher_and_task, warn_if_not_fine_tuned
+from ..timing import Stopwatch
 from .fisher import diagonal_fisher, mask_gradients, resolve_precision
 from .rearrange import pruned_set_objective, rearrange
-from .search import estimate_latency, fit_piecewise_linear, search_latency, search_mac
-from .tune import tune_masks
+from .search import SearchResult, estimate_latency, fit_piecewise_linear, search_latency, search_mac
+from .tune import SublayerFit, tune_masks
 
 STAGES = ("fisher", "search", "rearrange", "tune")  # what "pruning time" adds up (evaluation excluded)
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass
 class Constraint:
+    """What the pruned model must fit: a fraction of the teacher's MACs or of its block latency."""
     kind: str                  # "macs" or "latency"
     value: float               # fraction of the teacher's MACs / block latency that is kept
-    latency_batch: int = 32    # the deployment shape the latency tables are measured at
-    latency_seq_len: int = 128
-    lut_cache: str | None = None
-    latency_runtime: str = "ort"   # what the tables are timed on: ONNX Runtime (deployment) or torch
-    latency_threads: int | None = None  # CPU threads of the deployment (default: torch's setting)
+    # latency only: the deployment the block-latency tables are measured for
+    latency_batch: int = 32             # batch size served
+    latency_seq_len: int = 128          # sequence length served (BERT's GLUE length)
+    lut_cache: str | None = None        # cache file (None: ~/.cache/prunekit/latency_lut.json)
+    latency_runtime: str = "ort"        # timed on ONNX Runtime (what prunekit deploys on) or torch
+    latency_threads: int | None = None  # CPU threads of the deployment (None: torch's setting)
     device: str = "cpu"
 
     def check(self):
@@ -69,14 +74,100 @@ class Constraint:
                                 f"got {self.value}")
         if self.kind == "latency" and (self.latency_batch < 1 or self.latency_seq_len < 2):
             raise PrunekitError("--latency-batch must be >= 1 and --latency-seq-len >= 2")
+        if self.kind == "latency" and self.latency_threads is not None and self.latency_threads < 1:
+            raise PrunekitError(f"--latency-threads must be >= 1, got {self.latency_threads}")
+
+
+@dataclass
+class PostTrainConfig:
+    """Post-training pruning settings (Kwon et al. 2022 unless said otherwise); `prunekit compress
+    --method post-training` takes its defaults from here."""
+    # Basic
+    num_samples: int = 2048            # training examples for Fisher and tuning (the paper's sample size)
+    batch_size: int = 32               # Fisher batch: one gradient per batch (the paper's GLUE batch)
+    seed: int = 0                      # which examples are sampled and how Fisher batches are ordered
+    allow_empty_sublayers: bool = False  # an emptied sublayer loses its LayerNorm too; that collapsed MRPC
+    evaluate: bool = True              # dev metric after every stage (evaluation is not pruning time)
+    # Advanced
+    fisher_precision: str = "fp32"     # bf16 flips near-ties in the ranking (bench/results/posttrain.md)
+    fisher_by_length: bool = True      # Fisher batches of similar length: little padding to pay for
+    tune_precision: str = "auto"       # tuning forwards in bf16 where native; the solves stay fp32/fp64
+    ridge: float = 1e-3                # pulls tuned scales toward 1 (x the mean diagonal: scale-free)
+    max_fit_tokens: int | None = 32768  # tokens mask tuning fits on (None: the whole sample)
+    tune_teacher: str = "assistant"    # tuning target: the teacher-assistant masks at sqrt(c), or "dense"
+    ffn_target: str = "assistant"      # FFN target of tuning; "dense" is what the reference computed
+    eval_batch_size: int = 128         # evaluation only
+    device: str = "cpu"
+    progress: bool = True              # tqdm bars
+
+    def check(self):
+        """Every setting, before any model or data is loaded."""
+        if self.batch_size < 1:
+            raise PrunekitError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.num_samples < self.batch_size:
+            raise PrunekitError(f"--num-samples {self.num_samples} is fewer than one batch ({self.batch_size}); "
+                                "the Fisher information needs at least one full batch")
+        for name in ("fisher_precision", "tune_precision"):
+            if getattr(self, name) not in PRECISIONS:
+                raise PrunekitError(f"{name} must be one of {', '.join(PRECISIONS)}, not {getattr(self, name)!r}")
+        for name in ("tune_teacher", "ffn_target"):
+            if getattr(self, name) not in ("assistant", "dense"):
+                raise PrunekitError(f"{name} must be 'assistant' or 'dense', not {getattr(self, name)!r}")
+        if not (math.isfinite(self.ridge) and self.ridge >= 0):
+            raise PrunekitError(f"ridge must be finite and >= 0, got {self.ridge}")
+        if self.max_fit_tokens is not None and self.max_fit_tokens < 1:
+            raise PrunekitError(f"max_fit_tokens must be >= 1, got {self.max_fit_tokens}")
+        if self.eval_batch_size < 1:
+            raise PrunekitError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# stage results
+
+
+@dataclass
+class FisherResult:
+    g_head: torch.Tensor              # (B, L, H) per-batch gradients of the head masks
+    g_int: torch.Tensor               # (B, L, F) ... of the neuron masks
+    head_importance: torch.Tensor     # (L, H) diagonal Fisher
+    neuron_importance: torch.Tensor   # (L, F)
+    batches: int
+    precision: str
+    by_length: bool
+
+
+@dataclass
+class SearchStage:
+    final: SearchResult               # binary masks at c
+    assistant: SearchResult           # binary masks at sqrt(c): the tuning teacher
+    details: dict                     # costs and fits the search used, for the report
+    table: dict | None = None         # the latency tables (latency constraint only)
+
+
+@dataclass
+class RearrangeResult:
+    masks: Masks                      # the searched counts, rearranged units
+    objective: dict                   # ||sum of pruned gradients||^2 before and after, heads and neurons
+
+
+@dataclass
+class TuneResult:
+    masks: Masks                      # real-valued scales on the kept units
+    fits: list[SublayerFit]
+    examples: int                     # examples and real tokens the fits walked
+    tokens: int
+    precision: str
+
+
+class Compressed(NamedTuple):
+    model: torch.nn.Module            # the compact model
+    masks: Masks                      # the tuned masks (for the dense teacher)
+    report: dict
 
 
 def check_sample(num_samples: int, batch_size: int, available: int):
-    if batch_size < 1:
-        raise PrunekitError(f"--batch-size must be >= 1, got {batch_size}")
-    if num_samples < batch_size:
-        raise PrunekitError(f"--num-samples {num_samples} is fewer than one batch ({batch_size}); "
-                            "the Fisher information needs at least one full batch")
+    PostTrainConfig(num_samples=num_samples, batch_size=batch_size).check()
     if available < batch_size:
         raise PrunekitError(f"the training set has {available} examples, fewer than one batch ({batch_size})")
 
@@ -95,8 +186,8 @@ def tuning_subset(sample: list, max_tokens: int | None, min_examples: int = 256)
 
     Each token gives d equations for at most F unknowns, so a few ten thousand tokens pin the scales
     down; walking all 2048 examples through the teacher-assistant and the student costs about 1.2 dense
-    forward passes, a subset of whole examples a third of that on MRPC (fitting a random third of the
-    tokens of every example saves nothing: attention still runs over whole sequences)."""
+    forward passes (fitting a random part of the tokens of every example saves nothing: attention
+    still runs over whole sequences)."""
     if max_tokens is None:
         return sample
     total, n = 0, 0
@@ -107,39 +198,14 @@ def tuning_subset(sample: list, max_tokens: int | None, min_examples: int = 256)
     return sample[:n]
 
 
-def masked_predictor(model, masks, device="cpu"):
-    def predict(batch):
-        with torch.no_grad():
-            return model(**{k: v.to(device) for k, v in batch.items()},
-                         masks=None if masks is None else masks.to(device)).logits.float().cpu()
-    return predict
-
-
-class Stopwatch:
-    """Wall time and process CPU time (all threads) per named stage. On a shared machine CPU time
-    divided by the thread count is the steadier estimate of what the stage costs."""
-
-    def __init__(self):
-        self.seconds, self.cpu_seconds = {}, {}
-
-    @contextmanager
-    def __call__(self, name):
-        t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-            self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + time.process_time() - c0
-
-
 def fisher_batches(sample: list, batch_size: int, by_length: bool, seed: int) -> list:
     """Full batches of the sample (a last partial batch is dropped, so every per-batch gradient
     averages the same number of examples).
 
     by_length: batches of similar length (the sample sorted by length, cut, batch order shuffled).
-    With dynamic padding a random batch of MRPC pays 1.5x its real tokens, RTE 1.9x, SST-2 3x;
-    grouping removes nearly all of it. random: consecutive chunks of the random sample, as in the
-    reference. Both give unbiased per-batch mean gradients; the benchmark compares the two.
+    With dynamic padding a random batch pays for many padding tokens; grouping removes nearly all of
+    them. random: consecutive chunks of the random sample, as in the reference. Both give unbiased
+    per-batch mean gradients; the benchmark compares the two.
     """
     if by_length:
         plan = batch_indices(sample, batch_size, shuffle=True, seed=seed, group_by_length=True,
@@ -150,8 +216,8 @@ def fisher_batches(sample: list, batch_size: int, by_length: bool, seed: int) ->
 
 
 def search_masks(constraint: Constraint, config, head_imp, neuron_imp, sample_lengths, table=None, progress=True,
-                 allow_empty: bool = False):
-    """(final SearchResult at c, teacher-assistant SearchResult at sqrt c, details for the report).
+                 allow_empty: bool = False) -> SearchStage:
+    """Binary masks at c and the teacher-assistant masks at sqrt c, with the details for the report.
     table: the latency tables (latency.load_or_measure) for the latency constraint. allow_empty:
     whether a layer may lose all its heads or all its neurons (see search.py on why not by default)."""
     details = {}
@@ -172,156 +238,173 @@ def search_masks(constraint: Constraint, config, head_imp, neuron_imp, sample_le
                        dense_latency_table_ms=estimate_latency(torch.ones(L, H), torch.ones(L, F), table["mha"], table["ffn"]))
     results = [run(frac) for frac in tqdm([constraint.value, math.sqrt(constraint.value)], desc="search",
                                           disable=not progress, leave=False)]
-    return results[0], results[1], details
+    return SearchStage(results[0], results[1], details, table)
 
 
-def warn_if_not_fine_tuned(task, metrics: dict, warnings: list):
-    """A teacher at chance level on dev was probably never fine-tuned for this task (Kwon's issue #8)."""
-    dev = task.dev
-    if task.is_regression:
-        if not metrics.get("spearman", 0) > 0.1:
-            warnings.append(f"the teacher's dev spearman is {metrics.get('spearman', float('nan')):.3f}: "
-                            "is it fine-tuned on this task? post-training pruning needs a fine-tuned teacher")
+# ---------------------------------------------------------------------------------------------
+# the stages
+
+
+def run_fisher(model, sample: list, config: PostTrainConfig) -> FisherResult:
+    batches = fisher_batches(sample, config.batch_size, config.fisher_by_length, config.seed)
+    precision = resolve_precision(config.fisher_precision, config.device)
+    g_head, g_int = mask_gradients(model, batches, config.progress, precision=precision)
+    return FisherResult(g_head, g_int, diagonal_fisher(g_head), diagonal_fisher(g_int), len(batches), precision,
+                        config.fisher_by_length)
+
+
+def run_rearrange(fisher: FisherResult, searched: SearchResult, progress: bool) -> RearrangeResult:
+    head = rearrange(fisher.g_head, searched.head_mask, progress, desc="rearrange heads")
+    neuron = rearrange(fisher.g_int, searched.neuron_mask, progress, desc="rearrange neurons")
+    objective = {"heads_before": pruned_set_objective(fisher.g_head, searched.head_mask).sum().item(),
+                 "heads_after": pruned_set_objective(fisher.g_head, head).sum().item(),
+                 "neurons_before": pruned_set_objective(fisher.g_int, searched.neuron_mask).sum().item(),
+                 "neurons_after": pruned_set_objective(fisher.g_int, neuron).sum().item()}
+    return RearrangeResult(Masks(z_head=head, z_int=neuron), objective)
+
+
+def run_tune(model, sample: list, teacher: Masks, student: Masks, config: PostTrainConfig) -> TuneResult:
+    # re-batched by length: padding is dropped from the fit anyway, so this only saves work
+    subset = tuning_subset(sample, config.max_fit_tokens)
+    plan = batch_indices(subset, 64, group_by_length=True, megabatch=len(subset))
+    batches = [collate([subset[i] for i in idx]) for idx in plan]
+    precision = resolve_precision(config.tune_precision, config.device)
+    # only [CLS] reaches the pooler, so the last layer reconstructs [CLS] alone (classification and regression)
+    tuned, fits = tune_masks(model, batches, teacher, student, cls_only_last=True, ridge=config.ridge,
+                             precision=precision, ffn_target=config.ffn_target, progress=config.progress)
+    return TuneResult(tuned, fits, len(subset), sum(lengths(subset)), precision)
+
+
+def check_budget(constraint: Constraint, config: PostTrainConfig, model_config, train: list):
+    """Refuse a MACs budget that cannot keep the minimum structure (before minutes of Fisher, not after)."""
+    if constraint.kind != "macs":
         return
-    counts = torch.bincount(torch.tensor([e["label"] for e in dev]), minlength=task.num_labels)
-    majority = float(counts.max()) / len(dev)
-    acc = metrics.get("accuracy")
-    if acc is not None and acc <= majority + 0.02:
-        warnings.append(f"the teacher's dev accuracy {acc:.3f} is at chance (majority class {majority:.3f}): "
-                        "is it fine-tuned on this task? post-training pruning needs a fine-tuned teacher")
+    lens = lengths(train[:4096])
+    head, neuron = unit_macs(model_config, lengths=lens)
+    least = min(head, neuron) if config.allow_empty_sublayers else model_config.num_layers * (head + neuron)
+    if constraint.value * macs(model_config, lengths=lens)["total"] < least:
+        what = "a single head or FFN neuron" if config.allow_empty_sublayers else "one head and one FFN neuron per layer"
+        raise PrunekitError(f"--macs {constraint.value:g} is too small to keep {what}")
 
 
-def compress(model, task, constraint: Constraint, num_samples: int = 2048, seed: int = 0, batch_size: int = 32,
-             evaluate: bool = True, eval_batch_size: int = 128, ridge: float = 1e-3, progress: bool = True,
-             device: str = "cpu", warnings: list | None = None, fisher_by_length: bool = True,
-             max_fit_tokens: int | None = 32768, fisher_precision: str = "fp32", tune_precision: str = "auto",
-             ffn_target: str = "assistant", tune_teacher: str = "assistant", allow_empty_sublayers: bool = False):
-    """Prune a fine-tuned model in place of retraining. Returns (compact model, tuned Masks, report dict)."""
-    from ..metrics import main_metric
-    from ..training import evaluate_task
+def compress(model, task, constraint: Constraint, config: PostTrainConfig | None = None, warnings: list | None = None,
+             **overrides) -> Compressed:
+    """Prune a fine-tuned model in place of retraining. overrides: PostTrainConfig fields, for a call
+    that changes one or two (compress(model, task, c, num_samples=64)). Returns (compact model, tuned
+    Masks, report dict)."""
+    from ..training import evaluate_task, torch_predictor
+    config = replace(config or PostTrainConfig(), **overrides).check()
     constraint.check()
-    check_sample(num_samples, batch_size, len(task.train))
-    if tune_teacher not in ("assistant", "dense"):  # before minutes of Fisher, not after
-        raise ValueError(f"tune_teacher must be 'assistant' or 'dense', not {tune_teacher!r}")
+    check_sample(config.num_samples, config.batch_size, len(task.train))
     cfg = model.config
     if not cfg.is_uniform():
         raise PrunekitError("post-training pruning needs a dense teacher (same head count and FFN width in every "
                             "layer); this model is already compact")
     warnings = [] if warnings is None else warnings
-    if constraint.kind == "macs":  # refuse a hopeless budget before minutes of Fisher, not after
-        lens = lengths(task.train[:4096])
-        head, neuron = unit_macs(cfg, lengths=lens)
-        least = min(head, neuron) if allow_empty_sublayers else cfg.num_layers * (head + neuron)
-        if constraint.value * macs(cfg, lengths=lens)["total"] < least:
-            what = "a single head or FFN neuron" if allow_empty_sublayers else "one head and one FFN neuron per layer"
-            raise PrunekitError(f"--macs {constraint.value:g} is too small to keep {what}")
+    check_budget(constraint, config, cfg, task.train)
+    device = config.device
     model = model.to(device).eval()
     watch = Stopwatch()
     metrics = {}
 
-    def score(stage, masks):
-        if evaluate:
+    def score(stage, net, masks=None):
+        if config.evaluate:
             with watch("evaluation"):
-                metrics[stage] = evaluate_task(masked_predictor(model, masks, device), task, eval_batch_size, progress)
+                metrics[stage] = evaluate_task(torch_predictor(net, device, masks), task, config.eval_batch_size,
+                                               config.progress)
 
-    score("teacher", None)
-    if evaluate:
+    score("teacher", model)
+    if config.evaluate:
         warn_if_not_fine_tuned(task, metrics["teacher"], warnings)
 
-    sample = sample_examples(task.train, num_samples, seed)
-    sample_lengths = lengths(sample)
+    sample = sample_examples(task.train, config.num_samples, config.seed)
     with watch("fisher"):
-        batches = fisher_batches(sample, batch_size, fisher_by_length, seed)
-        fisher_precision = resolve_precision(fisher_precision, device)
-        g_head, g_int = mask_gradients(model, batches, progress, precision=fisher_precision)
-        head_imp, neuron_imp = diagonal_fisher(g_head), diagonal_fisher(g_int)
-
+        fisher = run_fisher(model, sample, config)
     table = None
     if constraint.kind == "latency":
         from .latency import load_or_measure
         with watch("latency_table"):  # once per device and shape, then cached: not counted as pruning time
             table, cached = load_or_measure(cfg, constraint.latency_batch, constraint.latency_seq_len,
-                                            constraint.lut_cache, constraint.device, constraint.latency_runtime, progress,
-                                            constraint.latency_threads)
+                                            constraint.lut_cache, constraint.device, constraint.latency_runtime,
+                                            config.progress, constraint.latency_threads)
     with watch("search"):
-        final, assistant, details = search_masks(constraint, cfg, head_imp, neuron_imp, sample_lengths, table, progress,
-                                                 allow_empty_sublayers)
+        search = search_masks(constraint, cfg, fisher.head_importance, fisher.neuron_importance, lengths(sample),
+                              table, config.progress, config.allow_empty_sublayers)
     if table is not None:
-        details["latency_table_cached"] = cached
-    searched = Masks(z_head=final.head_mask, z_int=final.neuron_mask)
-    teacher_masks = (Masks(z_head=assistant.head_mask, z_int=assistant.neuron_mask) if tune_teacher == "assistant"
-                     else Masks.ones(cfg, ("z_head", "z_int")))
-    score("search", searched)
+        search.details["latency_table_cached"] = cached
+    searched = Masks(z_head=search.final.head_mask, z_int=search.final.neuron_mask)
+    score("search", model, searched)
 
     with watch("rearrange"):
-        head = rearrange(g_head, final.head_mask, progress, desc="rearrange heads")
-        neuron = rearrange(g_int, final.neuron_mask, progress, desc="rearrange neurons")
-    rearranged = Masks(z_head=head, z_int=neuron)
-    objective = {"heads_before": pruned_set_objective(g_head, final.head_mask).sum().item(),
-                 "heads_after": pruned_set_objective(g_head, head).sum().item(),
-                 "neurons_before": pruned_set_objective(g_int, final.neuron_mask).sum().item(),
-                 "neurons_after": pruned_set_objective(g_int, neuron).sum().item()}
-    score("rearranged", rearranged)
+        rearranged = run_rearrange(fisher, search.final, config.progress)
+    score("rearranged", model, rearranged.masks)
 
+    teacher_masks = (Masks(z_head=search.assistant.head_mask, z_int=search.assistant.neuron_mask)
+                     if config.tune_teacher == "assistant" else Masks.ones(cfg, ("z_head", "z_int")))
     with watch("tune"):
-        # re-batched by length: padding is dropped from the fit anyway, so this only saves work
-        subset = tuning_subset(sample, max_fit_tokens)
-        plan = batch_indices(subset, 64, group_by_length=True, megabatch=len(subset))
-        tune_batches = [collate([subset[i] for i in idx]) for idx in plan]
-        # only [CLS] reaches the pooler, so the last layer reconstructs [CLS] alone (classification and regression)
-        tuned, fits = tune_masks(model, tune_batches, teacher_masks, rearranged, cls_only_last=True, ridge=ridge,
-                                 precision=resolve_precision(tune_precision, device), ffn_target=ffn_target,
-                                 progress=progress)
-    score("tuned", tuned)
+        tuned = run_tune(model, sample, teacher_masks, rearranged.masks, config)
+    score("tuned", model, tuned.masks)
 
     with watch("surgery"):
-        compact = prune(model, tuned).eval()
-    check_batch = collate(task.dev[:16] if task.dev else sample[:16])
-    check_batch.pop("labels", None)
-    check_batch = {k: v.to(device) for k, v in check_batch.items()}
-    with torch.no_grad():
-        diff = (compact(**check_batch).logits - model(**check_batch, masks=tuned.to(device)).logits).abs().max().item()
+        compact = prune(model, tuned.masks).eval()
+    diff = compact_vs_masked(compact, model, tuned.masks, task.dev[:16] if task.dev else sample[:16], device)
     if diff > 1e-3:
         warnings.append(f"the compact model differs from the masked model by {diff:.2e} on a dev batch")
-    if evaluate:
-        with watch("evaluation"):
-            metrics["compact"] = evaluate_task(masked_predictor(compact, None, device), task, eval_batch_size, progress)
+    score("compact", compact)
 
-    rep = cost_report(compact.config, lengths=sample_lengths, reference=cfg)
+    report = build_report(task, constraint, config, cfg, compact, sample, fisher, search, rearranged, tuned,
+                          metrics, watch, diff, warnings)
+    return Compressed(compact, tuned.masks, report)
+
+
+def compact_vs_masked(compact, model, masks: Masks, examples: list, device) -> float:
+    """Max abs logit difference between the compact model and the masked dense model on a batch."""
+    batch = collate(examples)
+    batch.pop("labels", None)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with torch.no_grad():
+        return (compact(**batch).logits - model(**batch, masks=masks.to(device)).logits).abs().max().item()
+
+
+def build_report(task, constraint, config, teacher_cfg, compact, sample, fisher: FisherResult, search: SearchStage,
+                 rearranged: RearrangeResult, tuned: TuneResult, metrics, watch: Stopwatch, diff, warnings) -> dict:
+    """report.json from the stage results."""
+    from ..metrics import main_metric
+    rep = cost_report(compact.config, lengths=lengths(sample), reference=teacher_cfg)
+    wall, cpu = watch.total(STAGES)
     report = {
         "method": "post-training",
         "task": task.name,
         "constraint": {"kind": constraint.kind, "value": constraint.value,
-                       "teacher_assistant": math.sqrt(constraint.value), "budget": final.budget,
-                       "cost_under_search_model": final.cost, **details},
+                       "teacher_assistant": math.sqrt(constraint.value), "budget": search.final.budget,
+                       "cost_under_search_model": search.final.cost, **search.details},
         "macs_kept": rep.macs_kept,
         "params_kept": rep.params_kept,
         "structure": rep.structure,
         "main_metric": main_metric(task.name),
         "dev_metrics": metrics,  # stage -> metrics: teacher, search, rearranged, tuned, compact
-        "seconds": {**{k: round(v, 3) for k, v in watch.seconds.items()},
-                    "pruning": round(sum(watch.seconds.get(s, 0.0) for s in STAGES), 3)},
-        "cpu_seconds": {**{k: round(v, 3) for k, v in watch.cpu_seconds.items()},
-                        "pruning": round(sum(watch.cpu_seconds.get(s, 0.0) for s in STAGES), 3)},
+        "seconds": {**{k: round(v, 3) for k, v in watch.seconds.items()}, "pruning": round(wall, 3)},
+        "cpu_seconds": {**{k: round(v, 3) for k, v in watch.cpu_seconds.items()}, "pruning": round(cpu, 3)},
         "threads": torch.get_num_threads(),
-        "num_samples": len(sample), "fisher_batches": len(batches),
-        "fisher_batching": "by length" if fisher_by_length else "random", "fisher_precision": fisher_precision,
-        "tune_precision": resolve_precision(tune_precision, device),
-        "batch_size": batch_size, "seed": seed,
-        "rearrangement_objective": objective,
-        "tuning": [_finite(asdict(f)) for f in fits],
-        "tuning_ridge": ridge, "tuning_max_fit_tokens": max_fit_tokens,
-        "tuning_examples": len(subset), "tuning_tokens": sum(lengths(subset)), "tuning_ffn_target": ffn_target,
-        "tuning_teacher": tune_teacher,
-        "allow_empty_sublayers": allow_empty_sublayers,
+        "num_samples": len(sample), "fisher_batches": fisher.batches,
+        "fisher_batching": "by length" if fisher.by_length else "random", "fisher_precision": fisher.precision,
+        "tune_precision": tuned.precision,
+        "batch_size": config.batch_size, "seed": config.seed,
+        "rearrangement_objective": rearranged.objective,
+        "tuning": [_finite(asdict(f)) for f in tuned.fits],
+        "tuning_ridge": config.ridge, "tuning_max_fit_tokens": config.max_fit_tokens,
+        "tuning_examples": tuned.examples, "tuning_tokens": tuned.tokens, "tuning_ffn_target": config.ffn_target,
+        "tuning_teacher": config.tune_teacher,
+        "allow_empty_sublayers": config.allow_empty_sublayers,
         "compact_vs_masked_max_abs_diff": diff,
         "warnings": warnings,
     }
     if constraint.kind == "latency":
-        L, H, F = cfg.num_layers, cfg.num_heads[0], cfg.ffn_dim[0]
-        report["latency_kept_table"] = (estimate_latency(tuned.z_head != 0, tuned.z_int != 0, table["mha"], table["ffn"])
-                                        / estimate_latency(torch.ones(L, H), torch.ones(L, F), table["mha"], table["ffn"]))
-    return compact, tuned, report
+        L, H, F = teacher_cfg.num_layers, teacher_cfg.num_heads[0], teacher_cfg.ffn_dim[0]
+        mha, ffn = search.table["mha"], search.table["ffn"]
+        report["latency_kept_table"] = (estimate_latency(tuned.masks.z_head != 0, tuned.masks.z_int != 0, mha, ffn)
+                                        / estimate_latency(torch.ones(L, H), torch.ones(L, F), mha, ffn))
+    return report
 
 
 def _finite(d: dict) -> dict:
@@ -329,50 +412,36 @@ def _finite(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
-def run(teacher: str, task_name: str, output: str, constraint: Constraint, num_samples: int = 2048, seed: int = 0,
-        batch_size: int = 32, data: dict | None = None, overwrite: bool = False, progress: bool = True,
-        device: str = "cpu", evaluate: bool = True, **options) -> dict:
+def default_max_length(task_name: str) -> int:
+    """Kwon et al.'s choice: 64 tokens for the single-sentence tasks SST-2 and CoLA, 128 for pairs."""
+    from ..data import canonical_task
+    return 64 if canonical_task(task_name or "") in ("sst2", "cola") else 128
+
+
+def run(teacher: str, task_name: str, output: str, constraint: Constraint, config: PostTrainConfig | None = None,
+        data: dict | None = None, overwrite: bool = False) -> dict:
     """The CLI's job: load the teacher and the task, compress, write output/ atomically.
 
     data: load_task's keyword arguments (glue_dir, max_length, train_file, ...); max_length None
-    means Kwon et al.'s choice: 64 tokens for SST-2 and CoLA, 128 otherwise. options: compress()'s."""
-    from ..checkpoints import load_model, read_weights, resolve, read_config
-    from ..data import canonical_task, load_task
-    from ..io import output_dir
-    from ..training import check_labels, trained_labels
+    means Kwon et al.'s choice (default_max_length)."""
+    from ..io import output_dir, write_json
+    config = (config or PostTrainConfig()).check()
     constraint.check()
-    if num_samples < batch_size:
-        check_sample(num_samples, batch_size, num_samples)
-    if Path(output).exists() and not overwrite:  # before minutes of work, not after
-        raise PrunekitError(f"{output} already exists; pass --overwrite to replace it")
-    warnings = []
-    path = resolve(teacher)
-    if read_config(path).get("model_type") == "bert" and "classifier.weight" not in {
-            k.removeprefix("bert.") for k in read_weights(path)}:
-        warnings.append(f"{teacher} has no classifier weights: its classifier is freshly initialised, so it is not "
-                        "fine-tuned; post-training pruning needs a fine-tuned teacher")
-    model = load_model(teacher)
-    if model.tokenizer is None:
-        raise PrunekitError(f"{teacher} has no tokenizer files (vocab.txt / tokenizer.json)")
-    data = dict(data or {})
-    if data.get("max_length") is None:  # Kwon et al.: 64 tokens for the single-sentence tasks, 128 for pairs
-        data["max_length"] = 64 if canonical_task(task_name or "") in ("sst2", "cola") else 128
-    max_length = data["max_length"]
     if not task_name:
         raise PrunekitError("give --task")
-    task = load_task(task_name, model.tokenizer, labels=trained_labels(model.config), **data)
-    check_labels(model.config, task)
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
+    check_output(output, overwrite)
+    data = dict(data or {})
+    if data.get("max_length") is None:
+        data["max_length"] = default_max_length(task_name)
+    model, task, warnings = load_teacher_and_task(teacher, task_name, data, purpose="post-training pruning")
     n_warned = len(warnings)
-    compact, tuned, report = compress(model, task, constraint, num_samples, seed, batch_size, evaluate=evaluate,
-                                      progress=progress, device=device, warnings=warnings, **options)
+    compact, tuned, report = compress(model, task, constraint, config, warnings=warnings)
     for w in warnings[n_warned:]:
         print(f"warning: {w}", file=sys.stderr)
-    report = {"teacher": str(teacher), "max_length": max_length, **report}
+    report = {"teacher": str(teacher), "max_length": data["max_length"], **report}
     compact.config.finetuning_task = task.name
     with output_dir(output, overwrite) as tmp:
         compact.save_pretrained(tmp)
         tuned.save(tmp / "masks.safetensors")
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(tmp / "report.json", report)
     return report

@@ -1,5 +1,5 @@
 """Mask search: which heads and FFN neurons to keep under a cost budget, given their Fisher importance
-(Kwon et al. 2022, anchors.md §2.5-2.6).
+(Kwon et al. 2022, mask search under a FLOPs or latency constraint; reference code: prune/search.py).
 
 MACs (search_mac). A head costs the same MACs wherever it is, and so does a neuron, so the problem
 is a knapsack with two item types and additive value. For a fixed number h of kept heads the best

@@ -1,4 +1,4 @@
-"""Mask tuning (Kwon et al. 2022, anchors.md §2.8): real-valued scales for the kept heads and neurons,
+"""Mask tuning (Kwon et al. 2022, mask tuning; reference code: prune/rescale.py): real-valued scales for the kept heads and neurons,
 fitted layer by layer with least squares so that the pruned model reproduces a teacher's sublayer
 outputs.
 
@@ -20,7 +20,7 @@ a scale with |s| > max_scale keeps scale 1, and the loop goes on (the reference 
 
 Decision on the FFN target: the teacher's FFN uses the teacher's neuron mask, so the target is the
 output of the teacher-assistant model as defined. (The reference captured the activations before its
-neuron-mask hook ran, so its FFN target silently used all neurons; anchors.md §2.8.)
+neuron-mask hook ran, so its FFN target silently used all neurons: prune/rescale.py, get_ffn_lstsq.)
 """
 from dataclasses import dataclass, field
 
@@ -154,18 +154,23 @@ def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bo
     return Masks(z_head=head, z_int=neuron), fits
 
 
+def _pass_through(kind, units, l, k, xt, xs, amp, run_teacher, run_student):
+    """A sublayer with nothing to fit (no kept units in the student or none in the teacher): both
+    models run it as it is, and the k kept units keep scale 1."""
+    why = f"skipped: no kept {units}" if k == 0 else f"skipped: the teacher has no {units} here"
+    for i in range(len(xt)):
+        with amp():
+            xt[i], xs[i] = run_teacher(i).float(), run_student(i).float()
+    return SublayerFit(l, kind, k, why), torch.ones(k, dtype=torch.float64)
+
+
 def _tune_attention(t_att, s_att, l, xt, xs, biases, tok, cls_only, ridge, max_scale, amp):
     """Fit the scales of the student's heads in layer l; advance xt and xs past the attention sublayer.
     t_att, s_att: the compact teacher's and student's attention (their kept heads only)."""
     k, dh = s_att.num_heads, s_att.head_dim
-    fit_it = k > 0 and t_att.num_heads > 0
-    ones = torch.ones(k, dtype=torch.float64)
-    if not fit_it:
-        why = "skipped: no kept heads" if k == 0 else "skipped: the teacher has no heads here"
-        for i in range(len(xt)):
-            with amp():
-                xt[i], xs[i] = t_att(xt[i], biases[i]).float(), s_att(xs[i], biases[i]).float()
-        return SublayerFit(l, "attention", k, why), ones
+    if k == 0 or t_att.num_heads == 0:
+        return _pass_through("attention", "heads", l, k, xt, xs, amp,
+                             lambda i: t_att(xt[i], biases[i]), lambda i: s_att(xs[i], biases[i]))
     Wo = s_att.output.weight                                          # (d, k*dh): head h owns columns h*dh:(h+1)*dh
     G = torch.zeros(k * dh, k * dh, dtype=torch.float64, device=Wo.device)
     normal, ctxs = _Normal(k, Wo.device), []
@@ -203,14 +208,8 @@ def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, amp, adv
     take the target from (the dense one, to reproduce the reference's accident); default t_ffn."""
     target_ffn = t_ffn if target_ffn is None else target_ffn
     k = s_ffn.width
-    fit_it = k > 0 and t_ffn.width > 0
-    ones = torch.ones(k, dtype=torch.float64)
-    if not fit_it:
-        why = "skipped: no kept neurons" if k == 0 else "skipped: the teacher has no neurons here"
-        for i in range(len(xt)):
-            with amp():
-                xt[i], xs[i] = t_ffn(xt[i]).float(), s_ffn(xs[i]).float()
-        return SublayerFit(l, "ffn", k, why), ones
+    if k == 0 or t_ffn.width == 0:
+        return _pass_through("ffn", "neurons", l, k, xt, xs, amp, lambda i: t_ffn(xt[i]), lambda i: s_ffn(xs[i]))
     Wk = s_ffn.down.weight                                            # (d, k): neuron j writes column j
     normal = _Normal(k, Wk.device)
     # the student's activations are kept for the output pass when they fit in ~1 GB, else recomputed
@@ -220,13 +219,13 @@ def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, amp, adv
         if cls_only:  # only [CLS] is read after the last layer: the FFNs (per token) run on it alone
             x_t, x_s = xt[i][:, 0], xs[i][:, 0]                       # (B, d)
             with amp():
-                out_t, h = target_ffn.down(target_ffn.hidden(x_t)), s_ffn.hidden(x_s)  # h: (B, k)
+                out_t, h = target_ffn.down(target_ffn.activations(x_t)), s_ffn.activations(x_s)  # h: (B, k)
             r = out_t.float() + x_t - s_ffn.down.bias - x_s
             h = h.float()
         else:
             with amp():
-                out_t = target_ffn.down(target_ffn.hidden(xt[i]))
-                h_all = s_ffn.hidden(xs[i])                           # (B, S, k)
+                out_t = target_ffn.down(target_ffn.activations(xt[i]))
+                h_all = s_ffn.activations(xs[i])                           # (B, S, k)
             r = _tokens(out_t.float() + xt[i] - s_ffn.down.bias - xs[i], tok[i], False)  # (N, d)
             h = _tokens(h_all, tok[i], False).float()                 # (N, k)
             if store:
@@ -234,7 +233,7 @@ def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, amp, adv
             if advance:
                 with amp():
                     if target_ffn is not t_ffn:
-                        out_t = t_ffn.down(t_ffn.hidden(xt[i]))
+                        out_t = t_ffn.down(t_ffn.activations(xt[i]))
                     xt[i] = t_ffn.residual(out_t, xt[i], None, None).float()
         # A (N*d, k) has column j = h_j (x) w_j: A^T A = (H^T H) * (W^T W), A^T b = sum_t h_j(t) (w_j . r_t)
         normal.AtA += (h.T @ h).double()
@@ -248,6 +247,6 @@ def _tune_ffn(t_ffn, s_ffn, l, xt, xs, tok, cls_only, ridge, max_scale, amp, adv
         z = s.to(xs[0].device, xs[0].dtype)
         for i in range(len(xs)):
             with amp():
-                h = hs[i] * z if store else s_ffn.hidden(xs[i], z)
+                h = hs[i] * z if store else s_ffn.activations(xs[i], z)
                 xs[i] = s_ffn.residual(s_ffn.down(h), xs[i], None, None).float()
     return fit, s

@@ -1,0 +1,57 @@
+"""The fine-tuned teacher a compression method starts from: loading it with its task, and the checks
+both methods make (labels that match the data, a classifier that was trained, a dev metric above
+chance)."""
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import PrunekitError
+
+
+def check_output(output, overwrite: bool) -> None:
+    """Refuse an existing output before minutes of work, not after."""
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise PrunekitError(f"{output} already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise PrunekitError(f"--output {output} is a file")
+
+
+def load_teacher_and_task(teacher: str, task_name: str, data: dict, purpose: str):
+    """(model, task, warnings): the teacher, and the task's data tokenised by its tokenizer with its
+    label names. A label count or label names that differ from the data's are an error; an HF BERT
+    checkpoint without classifier weights (so not fine-tuned) is a warning, printed at once."""
+    from .checkpoints import load_model, read_config, read_weights, resolve
+    from .data import load_task
+    from .tokenizer import require_tokenizer
+    from .training import check_labels, trained_labels
+    warnings = []
+    path = resolve(teacher)
+    if read_config(path).get("model_type") == "bert" and "classifier.weight" not in {
+            k.removeprefix("bert.") for k in read_weights(path)}:
+        warnings.append(f"{teacher} has no classifier weights: its classifier is freshly initialised, so it is not "
+                        f"fine-tuned; {purpose} needs a fine-tuned teacher")
+    model = load_model(teacher)
+    require_tokenizer(model.tokenizer, teacher, f"{purpose} reads the task's text")
+    task = load_task(task_name, model.tokenizer, labels=trained_labels(model.config), **data)
+    check_labels(model.config, task)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return model, task, warnings
+
+
+def warn_if_not_fine_tuned(task, metrics: dict, warnings: list, purpose: str = "post-training pruning"):
+    """A teacher at chance level on dev was probably never fine-tuned for this task (a user report
+    on the post-training reference: a pre-trained checkpoint given as the teacher)."""
+    if task.is_regression:
+        if not metrics.get("spearman", 0) > 0.1:
+            warnings.append(f"the teacher's dev spearman is {metrics.get('spearman', float('nan')):.3f}: "
+                            f"is it fine-tuned on this task? {purpose} needs a fine-tuned teacher")
+        return
+    counts = torch.bincount(torch.tensor([e["label"] for e in task.dev]), minlength=task.num_labels)
+    majority = float(counts.max()) / len(task.dev)
+    acc = metrics.get("accuracy")
+    if acc is not None and acc <= majority + 0.02:
+        warnings.append(f"the teacher's dev accuracy {acc:.3f} is at chance (majority class {majority:.3f}): "
+                        f"is it fine-tuned on this task? {purpose} needs a fine-tuned teacher")
