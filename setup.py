@@ -19,7 +19,7 @@ setup(
     version="0.1.0",
     description="Structured pruning (CoFi, post-training) for BERT encoders, with exact surgery and ONNX export",
     python_requires=">=3.10",
-    packages=["prunekit", "prunekit.posttrain", "prunekit.kernels", "prunekit.export"],
+    packages=["prunekit", "prunekit.posttrain", "prunekit.cofi", "prunekit.kernels", "prunekit.export"],
     package_dir={"prunekit": "prunekit", "prunekit.kernels": "kernels", "prunekit.export": "export"},
     install_requires=[
         "torch==2.13.0",
@@ -36,6 +36,6 @@ setup(
         "datasets==5.2.0",
         "matplotlib==3.11.2",
     ],
-    extras_require={"dev": ["pytest==9.2.0"]},
+    extras_require={"dev": ["pytest==9.2.0", "scipy==1.17.1", "scikit-learn==1.9.1"]},
     entry_points={"console_scripts": ["prunekit = prunekit.cli:main"]},
 )

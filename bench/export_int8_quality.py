@@ -3,6 +3,7 @@ PyTorch fp32 and with each ONNX variant through ONNX Runtime, the same path as `
 
     python bench/export_int8_quality.py --model runs/teacher-mrpc --task mrpc --glue-dir ../shared/data/glue
     # writes bench/results/export_int8.{md,json}; several --model/--task pairs may be given in turn
+    # --glue-dir defaults to $GLUE_DIR; without either the script stops with one line
 
 Prediction agreement with PyTorch is reported beside the metric: a metric can hold while single
 predictions flip both ways.
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 import prunekit
+from gluedir import add_glue_dir_option, require_glue_dir  # bench/, the script's own folder
 from prunekit.benchmark import environment
 from prunekit.data import collate, load_task
 from prunekit.export import OnnxClassifier, export_onnx
@@ -84,12 +86,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", required=True, help="fine-tuned model directory (repeatable)")
     p.add_argument("--task", action="append", required=True, help="its task (one per --model)")
-    p.add_argument("--glue-dir", help="glue_data directory (default: $GLUE_DIR)")
+    add_glue_dir_option(p)
     p.add_argument("--cache", default="runs/export-int8-quality", help="where the exports are written")
     p.add_argument("--out", default="bench/results/export_int8")
     args = p.parse_args()
     if len(args.model) != len(args.task):
         p.error("give one --task per --model")
+    args.glue_dir = require_glue_dir(args.glue_dir, args.task, "bench/export_int8_quality.py")
     start = time.time()
     results = [evaluate_model(m, t, args.glue_dir, Path(args.cache)) for m, t in zip(args.model, args.task)]
     result = {"command": "python " + " ".join(sys.argv), "environment": environment(threads=None),

@@ -16,7 +16,6 @@ two cores and made every call 4-10x slower (measured here: dense fp32 b1 s32 115
 """
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path

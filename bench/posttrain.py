@@ -1,7 +1,7 @@
 """Post-training pruning benchmark: MiniLM teachers on SST-2, MRPC and RTE.
 
-    python bench/posttrain.py                                   # everything below, resumable
-    python bench/posttrain.py --tasks mrpc --macs 0.5 --no-latency --no-speed
+    GLUE_DIR=../shared/data/glue python bench/posttrain.py    # everything below, resumable
+    python bench/posttrain.py --tasks mrpc --macs 0.5 --no-latency --no-speed --glue-dir ../shared/data/glue
 
 For each task and each MAC budget (40/50/60% kept) and for the latency mode (50% of the teacher's
 block latency, tables timed in ONNX Runtime on this CPU at batch 32, seq 128), it runs
@@ -14,7 +14,8 @@ and every compact model are exported to ONNX and timed interleaved in ORT-CPU at
 (bench/latency.py's run_grid). With --ablations, 50% MACs is also run with the variants in
 ABLATIONS (seeds 1 and 2, random Fisher batches, bf16 Fisher, the dense model as the tuning target, more
 samples), and the 50% MACs drop is summarised as mean and spread over seeds 0-2.
-Output: OUT.md and OUT.json (default bench/results/posttrain).
+Output: OUT.md and OUT.json (default bench/results/posttrain); paths in them are relative to the
+repository root. The GLUE data: --glue-dir or $GLUE_DIR (the script stops with one line without it).
 """
 import argparse
 import importlib.util
@@ -29,8 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gluedir import add_glue_dir_option, require_glue_dir  # noqa: E402 (bench/, the script's own folder)
 from prunekit.benchmark import environment  # noqa: E402
-from prunekit.posttrain.pipeline import Constraint, run  # noqa: E402
+from prunekit.posttrain.pipeline import Constraint, PostTrainConfig, run  # noqa: E402
 
 TARGET_DROP = {"sst2": 1.0, "mrpc": 1.5, "rte": 2.0}  # points, at 50% MACs (issue 4)
 ABLATIONS = [  # (run suffix, label, compress() options), each at 50% MACs
@@ -57,13 +59,14 @@ def run_one(task, tag, constraint, glue_dir, options=None, suffix=""):
     out = ROOT / "runs" / f"pt-{task}-{tag}{suffix}"
     if (out / "report.json").is_file():
         print(f"reusing {out}", file=sys.stderr)
-        return json.loads((out / "report.json").read_text())
-    load = os.getloadavg()
-    report = run(str(ROOT / "runs" / f"teacher-{task}"), task, str(out), constraint, data={"glue_dir": glue_dir},
-                 overwrite=True, **(options or {}))
-    report["load_average_before"], report["load_average_after"] = load, os.getloadavg()
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+        report = json.loads((out / "report.json").read_text())
+    else:
+        load = os.getloadavg()
+        report = run(str(ROOT / "runs" / f"teacher-{task}"), task, str(out), constraint,
+                     PostTrainConfig(**(options or {})), data={"glue_dir": glue_dir}, overwrite=True)
+        report["load_average_before"], report["load_average_after"] = load, os.getloadavg()
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return {**report, "teacher": f"runs/teacher-{task}"}  # relative to the repository root, as "output" is
 
 
 def timing(tasks, glue_dir, threads, repeats):
@@ -79,7 +82,8 @@ def timing(tasks, glue_dir, threads, repeats):
             with tempfile.TemporaryDirectory() as tmp:
                 load = os.getloadavg()
                 r = run(str(ROOT / "runs" / f"teacher-{task}"), task, str(Path(tmp) / "pt"), Constraint("macs", 0.5),
-                        data={"glue_dir": glue_dir}, evaluate=False, progress=False, fisher_precision=precision)
+                        PostTrainConfig(evaluate=False, progress=False, fisher_precision=precision),
+                        data={"glue_dir": glue_dir})
             out.append({"task": task, "repeat": i, "threads": threads, "seconds": r["seconds"],
                         "cpu_seconds": r["cpu_seconds"], "load_average_before": load,
                         "load_average_after": os.getloadavg(), "num_samples": r["num_samples"],
@@ -101,7 +105,7 @@ def speed(results, threads):
         models = {f"teacher-{task}": (prunekit.load_model(str(teacher)), teacher)}
         for r in results:
             if r["task"] == task:
-                path = Path(r["output"])
+                path = ROOT / r["output"]
                 models[path.name] = (prunekit.load_model(str(path)), path)
         rows += lat.run_grid(models, ["ort"], [32], [128], "cpu", threads, ROOT / "runs" / "bench-cache",
                              budget=8.0, min_rounds=10, max_rounds=60, warmup_calls=3, warmup_seconds=1.0)
@@ -187,7 +191,7 @@ def main():
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--ablations", action="store_true", help="also run the ABLATIONS variants at 50%% MACs")
     p.add_argument("--ablation-tasks", nargs="+", default=["sst2", "mrpc", "rte"])
-    p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", "/work/shared/data/glue"))
+    add_glue_dir_option(p)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2). On a machine shared "
                    "with other jobs, 1 avoids OpenMP threads waiting on each other (seen: 5-10x slower with 2)")
     p.add_argument("--speed-threads", type=int, default=2, help="ORT threads for the speed-up (default 2)")
@@ -196,18 +200,20 @@ def main():
     p.add_argument("--timing-threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "posttrain"))
     args = p.parse_args()
+    args.glue_dir = require_glue_dir(args.glue_dir, args.tasks + (args.ablation_tasks if args.ablations else []),
+                                     "bench/posttrain.py")
     torch.set_num_threads(args.threads)
     results = []
     for task in args.tasks:
         for tag, constraint in budgets(args):
             r = run_one(task, tag, constraint, args.glue_dir)
-            r["output"] = str(ROOT / "runs" / f"pt-{task}-{tag}")
+            r["output"] = f"runs/pt-{task}-{tag}"
             results.append(r)
     if args.ablations:
         for task in args.ablation_tasks:
             for suffix, name, options in ABLATIONS:
                 r = run_one(task, "0.5", Constraint("macs", 0.5), args.glue_dir, options, "-" + suffix)
-                r["variant"], r["output"] = name, str(ROOT / "runs" / f"pt-{task}-0.5-{suffix}")
+                r["variant"], r["output"] = name, f"runs/pt-{task}-0.5-{suffix}"
                 results.append(r)
     timings = timing(args.tasks, args.glue_dir, args.timing_threads, args.timing) if args.timing else []
     rows = [] if args.no_speed else speed([r for r in results if not r.get("variant")], args.speed_threads)

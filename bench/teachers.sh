@@ -5,8 +5,13 @@
 #   GLUE_DIR=../shared/data/glue nohup bench/teachers.sh > runs/teachers.log 2>&1 &
 # Pass task names to run only some: bench/teachers.sh rte
 set -euo pipefail
+# the GLUE data comes from GLUE_DIR only (made absolute here, before the cd below)
+if [ -z "${GLUE_DIR:-}" ] || [ ! -d "$GLUE_DIR" ]; then
+  echo "bench/teachers.sh: error: set GLUE_DIR to the glue_data folder (e.g. ../shared/data/glue); got '${GLUE_DIR:-}'" >&2
+  exit 2
+fi
+export GLUE_DIR="$(cd "$GLUE_DIR" && pwd)"
 cd "$(dirname "$0")/.."
-export GLUE_DIR="${GLUE_DIR:-$(cd .. && pwd)/shared/data/glue}"
 PRUNEKIT="${PRUNEKIT:-.venv/bin/prunekit}"
 # torch threads: 1 keeps a nice'd run from stalling at thread barriers on a busy 2-core machine
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

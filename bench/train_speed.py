@@ -4,7 +4,8 @@ batches (both with dynamic padding), and the epoch time each implies.
 Steps are sampled evenly across one epoch's batch plan, so their lengths follow the epoch's; each
 is a full train_step (forward, backward, clipping, AdamW, schedule) of prunekit's Trainer.
     GLUE_DIR=../shared/data/glue python bench/train_speed.py --steps 40 --out bench/results/train_speed.json
-(--out appends to the file's list of measurements). Threads: set OMP_NUM_THREADS.
+(--out appends to the file's list of measurements). Threads: set OMP_NUM_THREADS. The data: --glue-dir
+or $GLUE_DIR (the script stops with one line without it).
 """
 import argparse
 import json
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 import prunekit
+from gluedir import add_glue_dir_option, require_glue_dir  # bench/, the script's own folder
 from prunekit.data import batch_indices, collate, load_task
 from prunekit.training import Trainer, TrainArgs
 
@@ -51,14 +53,16 @@ def main():
     p.add_argument("--steps", type=int, default=40, help="timed steps per mode (default 40)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", help="write the results as JSON here")
+    add_glue_dir_option(p)
     a = p.parse_args()
+    glue_dir = require_glue_dir(a.glue_dir, ["sst2"], "bench/train_speed.py")
     load_before = open("/proc/loadavg").read().split()[:3]  # other processes on the machine slow every step
     tok = prunekit.load_model("minilm").tokenizer
-    task = load_task("sst2", tok)
+    task = load_task("sst2", tok, glue_dir=glue_dir)
     rows = [measure(task, g, a.steps, a.batch_size) for g in (False, True)]
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     result = {"command": threads + "python bench/train_speed.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
-                                                                   if v is not None and k != "out"),
+                                                                   if v is not None and k not in ("out", "glue_dir")),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                          f"{torch.get_num_threads()} threads", "load_before": load_before,
               "rows": rows}

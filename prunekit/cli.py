@@ -2,6 +2,7 @@
 function that does the work, and reports. Bad input ends with one line on stderr and exit code 2."""
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -129,27 +130,98 @@ def cmd_export(args):
     print(f"report: {args.output}/export_report.json")
 
 
+# options of `compress` that belong to one method; parsed with default None so that the method's
+# config dataclass supplies its own default, and a user's value for the other method is an error
+POST_TRAINING_OPTIONS = {"latency": "--latency", "num_samples": "--num-samples", "latency_batch": "--latency-batch",
+                         "latency_seq_len": "--latency-seq-len", "latency_runtime": "--latency-runtime",
+                         "latency_threads": "--latency-threads", "lut_cache": "--lut-cache",
+                         "fisher_precision": "--fisher-precision", "no_eval": "--no-eval",
+                         "allow_empty_sublayers": "--allow-empty-sublayers"}
+COFI_OPTIONS = {"target_sparsity": "--target-sparsity", "prune_epochs": "--prune-epochs",
+                "finetune_epochs": "--finetune-epochs", "pre_prune_epochs": "--pre-prune-epochs",
+                "lagrangian_warmup": "--lagrangian-warmup", "lr": "--lr", "finetune_lr": "--finetune-lr",
+                "reg_lr": "--reg-lr", "temperature": "--temperature", "alpha_pred": "--alpha-pred",
+                "alpha_layer": "--alpha-layer", "alpha_task": "--alpha-task", "distill_layers": "--distill-layers",
+                "sparsity_epsilon": "--sparsity-epsilon", "max_steps": "--max-steps", "eval_every": "--eval-every",
+                "save_every": "--save-every", "student": "--student", "finetune_keep": "--finetune-keep",
+                "resume": "--resume"}
+
+
+def given(args, names) -> dict:
+    """The options among `names` the user set (parsed with default None / False)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None and getattr(args, n) is not False}
+
+
 def cmd_compress(args):
     from .errors import PrunekitError
-    if args.method == "cofi":
-        raise PrunekitError("--method cofi is not implemented yet; use --method post-training")
-    if args.method != "post-training":
-        raise PrunekitError(f"unknown --method {args.method!r} (post-training; cofi is coming)")
-    if (args.macs is None) == (args.latency is None):
-        raise PrunekitError("give exactly one budget: --macs FRACTION or --latency FRACTION (the part kept, in (0, 1))")
-    from .posttrain.pipeline import Constraint, PostTrainConfig, run
+    methods = {"post-training": (cmd_post_training, COFI_OPTIONS), "cofi": (cmd_cofi, POST_TRAINING_OPTIONS)}
+    if args.method not in methods:
+        raise PrunekitError(f"unknown --method {args.method!r} (post-training or cofi)")
+    run_method, foreign = methods[args.method]
+    wrong = given(args, foreign)
+    if wrong:
+        flags = ", ".join(foreign[n] for n in wrong)
+        raise PrunekitError(f"{flags} {'is not an option' if len(wrong) == 1 else 'are not options'} of "
+                            f"--method {args.method}")
     set_threads(args)
     check_device(args.device)
+    run_method(args)
+
+
+def cmd_post_training(args):
+    from .errors import PrunekitError
+    from .posttrain.pipeline import Constraint, PostTrainConfig, run
+    if (args.macs is None) == (args.latency is None):
+        raise PrunekitError("give exactly one budget: --macs FRACTION or --latency FRACTION (the part kept, in (0, 1))")
     kind, value = ("macs", args.macs) if args.macs is not None else ("latency", args.latency)
-    constraint = Constraint(kind, value, latency_batch=args.latency_batch, latency_seq_len=args.latency_seq_len,
-                            lut_cache=args.lut_cache, latency_runtime=args.latency_runtime,
-                            latency_threads=args.latency_threads, device=args.device)
-    config = PostTrainConfig(num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
-                             device=args.device, evaluate=not args.no_eval,
-                             allow_empty_sublayers=args.allow_empty_sublayers, fisher_precision=args.fisher_precision)
+    constraint = Constraint(kind, value, device=args.device, **given(args, (
+        "latency_batch", "latency_seq_len", "lut_cache", "latency_runtime", "latency_threads")))
+    config = PostTrainConfig(device=args.device, evaluate=not args.no_eval, **given(args, (
+        "num_samples", "seed", "batch_size", "allow_empty_sublayers", "fisher_precision")))
     report = run(args.teacher, args.task, args.output, constraint, config, data=data_args(args),
                  overwrite=args.overwrite)
     print(summarise_compress(report, args.output))
+
+
+def cmd_cofi(args):
+    from .cofi.pipeline import CoFiConfig, run
+    from .cofi.sparsity import Target
+    from .errors import PrunekitError
+    if (args.target_sparsity is None) == (args.macs is None):
+        raise PrunekitError("give exactly one target: --target-sparsity S (share of encoder parameters removed) or "
+                            "--macs C (share of MACs kept), each in (0, 1)")
+    target = Target("sparsity", args.target_sparsity) if args.macs is None else Target("macs", args.macs)
+    options = given(args, ("prune_epochs", "finetune_epochs", "pre_prune_epochs", "lagrangian_warmup", "lr",
+                           "finetune_lr", "reg_lr", "temperature", "alpha_pred", "alpha_layer", "alpha_task",
+                           "sparsity_epsilon", "max_steps", "eval_every", "save_every", "student", "finetune_keep",
+                           "seed", "batch_size"))
+    if args.distill_layers is not None:
+        try:
+            options["distill_layers"] = tuple(int(x) for x in args.distill_layers.split(","))
+        except ValueError as e:
+            raise PrunekitError(f"--distill-layers takes layer numbers separated by commas, not "
+                                f"{args.distill_layers!r}") from e
+    if args.resume and args.overwrite:
+        raise PrunekitError("--resume and --overwrite contradict each other")
+    report = run(args.teacher, args.task, args.output, target.check(), CoFiConfig(device=args.device, **options),
+                 data=data_args(args), overwrite=args.overwrite, resume=args.resume, command=args.command_line)
+    print(summarise_cofi(report, args.output))
+
+
+def summarise_cofi(r: dict, output) -> str:
+    c, m = r["constraint"], r["main_metric"]
+    want = (f"sparsity {c['value']:g}" if c["kind"] == "sparsity" else f"MACs kept {c['value']:g}")
+    lines = [f"{r['task']}: CoFi to {want} -> sparsity {r['sparsity']:.3f}, MACs kept {r['macs_kept']:.3f}, "
+             f"params kept {r['params_kept']:.3f}, hidden size {r['hidden_size']}",
+             "heads per layer " + " ".join(str(x["heads"]) for x in r["structure"]) +
+             "; FFN per layer " + " ".join(str(x["ffn"]) for x in r["structure"])]
+    dev = r["dev_metrics"]
+    lines.append(f"dev {m}: " + ", ".join(f"{stage} {v[m]:.4f}" for stage, v in dev.items() if m in v))
+    sec = r["seconds"]
+    lines.append(f"pruning {sec.get('prune_train', 0):.0f} s, fine-tuning {sec.get('finetune_train', 0):.0f} s of "
+                 f"training ({r['seconds_per_step']['prune']:.3f} s/step while pruning)")
+    lines.append(f"compact model, masks.safetensors and report.json in {output}")
+    return "\n".join(lines)
 
 
 def summarise_compress(r: dict, output) -> str:
@@ -232,9 +304,10 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cofi.pipeline import CoFiConfig
     from .posttrain.pipeline import Constraint, PostTrainConfig
     from .training import TrainArgs
-    T, P, C = defaults(TrainArgs), defaults(PostTrainConfig), defaults(Constraint)
+    T, P, C, K = defaults(TrainArgs), defaults(PostTrainConfig), defaults(Constraint), defaults(CoFiConfig)
     parser = OneLineParser(prog="prunekit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
@@ -292,38 +365,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("compress", help="prune a fine-tuned model to a MAC or latency budget, save the compact model")
-    p.add_argument("--method", default="post-training", help="post-training (Kwon et al. 2022; default) or cofi")
+    p = sub.add_parser("compress", help="prune a fine-tuned model (CoFi or post-training) and save the compact model")
+    p.add_argument("--method", default="post-training", help="post-training (Kwon et al. 2022: seconds, no "
+                   "retraining; default) or cofi (Xia et al. 2022: L0 masks learned with distillation; hours on a CPU)")
     p.add_argument("--teacher", required=True, help="fine-tuned model directory (prunekit finetune, or an HF BERT "
                    "classifier)")
     add_data_options(p, train=True)
-    p.add_argument("--macs", type=float, help="fraction of the teacher's MACs to keep, in (0, 1), at the task's "
-                   "measured length distribution")
-    p.add_argument("--latency", type=float, help="fraction of the teacher's block latency to keep, in (0, 1), from "
-                   "latency tables measured at --latency-batch x --latency-seq-len")
     p.add_argument("--output", required=True, help="directory for the compact model, masks.safetensors, report.json")
-    p.add_argument("--num-samples", type=int, default=P["num_samples"],
-                   help="training examples for Fisher and tuning (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=P["batch_size"], help="Fisher batch size (default %(default)s)")
-    p.add_argument("--seed", type=int, default=P["seed"], help="sample seed (default %(default)s)")
-    p.add_argument("--latency-batch", type=int, default=C["latency_batch"],
-                   help="deployment batch size for the latency tables (default %(default)s)")
-    p.add_argument("--latency-seq-len", type=int, default=C["latency_seq_len"],
-                   help="deployment sequence length (default %(default)s)")
-    p.add_argument("--latency-runtime", choices=("ort", "torch"), default=C["latency_runtime"],
-                   help="runtime the latency tables are timed on (default ort: ONNX Runtime, as deployed)")
-    p.add_argument("--latency-threads", type=int, help="CPU threads of the deployment runtime (default: torch's)")
-    p.add_argument("--lut-cache", help="latency table cache, JSON (default ~/.cache/prunekit/latency_lut.json)")
-    p.add_argument("--fisher-precision", choices=("fp32", "bf16", "auto"), default=P["fisher_precision"],
-                   help="precision of the Fisher pass (default fp32; bf16 is faster on CPUs/GPUs with native bf16 "
-                   "but flips near-ties in the ranking: see bench/results/posttrain.md; auto = bf16 where native)")
-    p.add_argument("--no-eval", action="store_true", help="skip the dev evaluations (they are not pruning time)")
-    p.add_argument("--allow-empty-sublayers", action="store_true", help="let a layer lose all its heads or all its "
-                   "FFN neurons (the sublayer, LayerNorm included, is then removed; off by default: it can wreck accuracy)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    for action in p._actions:  # Kwon et al.'s max length per task, not the shared default
+    p.add_argument("--macs", type=float, help="fraction of the teacher's MACs to keep, in (0, 1), at the task's "
+                   "measured length distribution (both methods)")
+    p.add_argument("--seed", type=int, help=f"default {P['seed']} (post-training: the sample), {K['seed']} (cofi)")
+    p.add_argument("--batch-size", type=int, help=f"Fisher batch (post-training) or training batch (cofi); "
+                   f"default {P['batch_size']}")
+    for action in p._actions:  # each method's own default max length, not the shared one
         if action.dest == "max_length":
-            action.help = "tokens per example (default: 64 for sst2 and cola, as Kwon et al., else 128)"
+            action.help = (f"tokens per example (default: post-training 64 for sst2 and cola, as Kwon et al., else "
+                           f"128; cofi {K['max_length']})")
+
+    g = p.add_argument_group("post-training (--method post-training)")
+    g.add_argument("--latency", type=float, help="fraction of the teacher's block latency to keep, in (0, 1), from "
+                   "latency tables measured at --latency-batch x --latency-seq-len")
+    g.add_argument("--num-samples", type=int, help=f"training examples for Fisher and tuning (default {P['num_samples']})")
+    g.add_argument("--latency-batch", type=int,
+                   help=f"deployment batch size for the latency tables (default {C['latency_batch']})")
+    g.add_argument("--latency-seq-len", type=int, help=f"deployment sequence length (default {C['latency_seq_len']})")
+    g.add_argument("--latency-runtime", choices=("ort", "torch"),
+                   help=f"runtime the latency tables are timed on (default {C['latency_runtime']}: ONNX Runtime, as deployed)")
+    g.add_argument("--latency-threads", type=int, help="CPU threads of the deployment runtime (default: torch's)")
+    g.add_argument("--lut-cache", help="latency table cache, JSON (default ~/.cache/prunekit/latency_lut.json)")
+    g.add_argument("--fisher-precision", choices=("fp32", "bf16", "auto"),
+                   help=f"precision of the Fisher pass (default {P['fisher_precision']}; bf16 is faster on CPUs/GPUs "
+                   "with native bf16 but flips near-ties in the ranking: see bench/results/posttrain.md; auto = bf16 "
+                   "where native)")
+    g.add_argument("--no-eval", action="store_true", help="skip the dev evaluations (they are not pruning time)")
+    g.add_argument("--allow-empty-sublayers", action="store_true", help="let a layer lose all its heads or all its "
+                   "FFN neurons (the sublayer, LayerNorm included, is then removed; off by default: it can wreck accuracy)")
+
+    g = p.add_argument_group("CoFi (--method cofi)")
+    g.add_argument("--target-sparsity", type=float, help="fraction of the encoder parameters to remove, in (0, 1) "
+                   "(CoFi's sparsity); or give --macs")
+    g.add_argument("--prune-epochs", type=float, help="epochs of pruning (default: 10 on tasks with < 10k training "
+                   "examples, 1 on larger ones)")
+    g.add_argument("--finetune-epochs", type=float, help="epochs of fine-tuning the compact model (default: 5 small, "
+                   "0.5 large; 0 skips it)")
+    g.add_argument("--pre-prune-epochs", type=float, help=f"distillation epochs before the gates start "
+                   f"(default {K['pre_prune_epochs']:g})")
+    g.add_argument("--lagrangian-warmup", type=float, help=f"share of the pruning steps over which the target rises "
+                   f"from 0 (default {K['lagrangian_warmup']:g})")
+    g.add_argument("--lr", type=float, help=f"learning rate of the weights while pruning (default {K['lr']:g})")
+    g.add_argument("--finetune-lr", type=float, help=f"... while fine-tuning (default {K['finetune_lr']:g})")
+    g.add_argument("--reg-lr", type=float, help=f"learning rate of log alpha and lambda (default {K['reg_lr']:g})")
+    g.add_argument("--temperature", type=float, help=f"prediction distillation temperature (default {K['temperature']:g})")
+    g.add_argument("--alpha-pred", type=float, help=f"weight of prediction distillation (default {K['alpha_pred']:g})")
+    g.add_argument("--alpha-layer", type=float, help=f"weight of layer distillation (default {K['alpha_layer']:g})")
+    g.add_argument("--alpha-task", type=float, help=f"weight of the gold-label loss (default {K['alpha_task']:g})")
+    g.add_argument("--distill-layers", help="teacher layers to distil, 0-based, comma-separated (default: every "
+                   "third ending at the top one)")
+    g.add_argument("--sparsity-epsilon", type=float, help=f"a pruning checkpoint may be kept while its expected "
+                   f"sparsity is within this of the target (default {K['sparsity_epsilon']:g})")
+    g.add_argument("--max-steps", type=int, help="cap on the steps of each phase (quick runs)")
+    g.add_argument("--eval-every", type=int, help="steps between dev evaluations (default: each epoch, at most 500)")
+    g.add_argument("--save-every", type=int, help="steps between resume checkpoints (default: each evaluation, at most 200)")
+    g.add_argument("--student", help="start the student from this model instead of a copy of the teacher (e.g. "
+                   "minilm, the pre-trained model, as the paper)")
+    g.add_argument("--finetune-keep", choices=("final", "best"), help="which fine-tuned model to keep (default "
+                   f"{K['finetune_keep']}; best picks by the dev metric, which flatters it)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted CoFi run in --output")
     p.set_defaults(func=cmd_compress, max_length=None)
     return parser
 
@@ -334,8 +442,10 @@ def main(argv=None) -> int:
     from .errors import PrunekitError
     hf_logging.disable_progress_bar()  # transformers' per-load "Loading weights" bar is noise here
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = parser.parse_args(argv)
+        args.command_line = shlex.join(["prunekit", *argv])  # what the reports record
     except SystemExit as e:  # usage errors (exit 2) and --help (exit 0) return their code to the caller
         return e.code if isinstance(e.code, int) else 2
     try:

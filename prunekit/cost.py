@@ -16,22 +16,60 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _layer_params(config, l):
-    d, dh, h, f = config.hidden_size, config.head_dim, config.num_heads[l], config.ffn_dim[l]
-    attn = (3 * (d * h * dh + h * dh) + (h * dh * d + d)) if h > 0 else 0
-    ffn = (d * f + f + f * d + d) if f > 0 else 0
-    return attn, ffn
+@dataclass(frozen=True)
+class UnitCosts:
+    """What each prunable unit costs, split into the part proportional to the hidden width d (the
+    residual stream, which z_hidden shrinks) and a fixed part. Both the exact counts below and CoFi's
+    expected counts (prunekit.cofi, with expected unit counts in place of integers) use these.
+
+      one head           head_per_dim * d + head_fixed
+      one FFN unit       unit_per_dim * d + unit_fixed
+      a present sublayer attention_per_dim * d (O bias)  /  ffn_per_dim * d (down bias)
+    """
+    head_per_dim: float
+    head_fixed: float
+    unit_per_dim: float
+    unit_fixed: float
+    attention_per_dim: float = 0
+    ffn_per_dim: float = 0
+
+    def layer(self, d, heads, units, attention_present=1.0, ffn_present=1.0):
+        """(attention, FFN) cost of one layer; every argument may be a number or a tensor of expectations."""
+        return (attention_present * (heads * (self.head_per_dim * d + self.head_fixed) + self.attention_per_dim * d),
+                ffn_present * (units * (self.unit_per_dim * d + self.unit_fixed) + self.ffn_per_dim * d))
+
+
+def param_unit_costs(config) -> UnitCosts:
+    """Parameters (CoFi's encoder definition): a head owns d_h rows of Q, K, V (weights and biases) and
+    d_h columns of O; an FFN unit a row of W_up, its bias and a column of W_down."""
+    dh = config.head_dim
+    return UnitCosts(head_per_dim=4 * dh, head_fixed=3 * dh, unit_per_dim=2, unit_fixed=1,
+                     attention_per_dim=1, ffn_per_dim=1)
+
+
+def mac_unit_costs(config, seq_len=None, lengths=None) -> UnitCosts:
+    """MACs per sequence (Kwon et al.): a head 4*s*d*d_h + 2*s^2*d_h, an FFN unit 2*s*d."""
+    s, s2 = length_moments(seq_len, lengths)
+    dh = config.head_dim
+    return UnitCosts(head_per_dim=4 * s * dh, head_fixed=2 * s2 * dh, unit_per_dim=2 * s, unit_fixed=0)
+
+
+def per_layer(costs: UnitCosts, config) -> tuple[list, list]:
+    """(attention, FFN) cost of every layer of a (dense or compact) config."""
+    d = config.hidden_size
+    rows = [costs.layer(d, h, f, int(h > 0), int(f > 0)) for h, f in zip(config.num_heads, config.ffn_dim)]
+    return [a for a, _ in rows], [f for _, f in rows]
 
 
 def param_counts(config) -> dict:
     d = config.hidden_size
-    attn, ffn = zip(*(_layer_params(config, l) for l in range(config.num_layers)))
+    attn, ffn = per_layer(param_unit_costs(config), config)
     encoder = sum(attn) + sum(ffn)
     embeddings = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * d
     norms = 2 * d * (1 + sum(h > 0 for h in config.num_heads) + sum(f > 0 for f in config.ffn_dim))
     head = d * config.pooler_size + config.pooler_size + config.pooler_size * config.num_labels + config.num_labels
     return {"encoder": encoder, "total": encoder + embeddings + norms + head,
-            "per_layer_attention": list(attn), "per_layer_ffn": list(ffn)}
+            "per_layer_attention": attn, "per_layer_ffn": ffn}
 
 
 def length_moments(seq_len: float | None = None, lengths=None) -> tuple[float, float]:
@@ -48,15 +86,12 @@ def length_moments(seq_len: float | None = None, lengths=None) -> tuple[float, f
 
 def unit_macs(config, seq_len=None, lengths=None) -> tuple[float, float]:
     """(MACs of one head, MACs of one FFN neuron) at this length (distribution)."""
-    s, s2 = length_moments(seq_len, lengths)
-    d, dh = config.hidden_size, config.head_dim
-    return 4 * s * d * dh + 2 * s2 * dh, 2 * s * d
+    c, d = mac_unit_costs(config, seq_len, lengths), config.hidden_size
+    return c.head_per_dim * d + c.head_fixed, c.unit_per_dim * d + c.unit_fixed
 
 
 def macs(config, seq_len=None, lengths=None) -> dict:
-    head, neuron = unit_macs(config, seq_len, lengths)
-    attn = [h * head for h in config.num_heads]
-    ffn = [f * neuron for f in config.ffn_dim]
+    attn, ffn = per_layer(mac_unit_costs(config, seq_len, lengths), config)
     return {"total": sum(attn) + sum(ffn), "per_layer_attention": attn, "per_layer_ffn": ffn}
 
 

@@ -67,12 +67,14 @@ def mcc(pred, gold) -> float:
 
 
 def pearson(x, y) -> float:
+    """Pearson's r; NaN when either input is constant (tested on the values, as scipy does: a constant
+    input whose mean is inexact in floating point would otherwise give about 0)."""
     n = len(x)
+    if all(a == x[0] for a in x) or all(b == y[0] for b in y):
+        return float("nan")
     mx, my = sum(x) / n, sum(y) / n
     dx, dy = [a - mx for a in x], [b - my for b in y]
     sxx, syy = sum(a * a for a in dx), sum(b * b for b in dy)
-    if sxx == 0 or syy == 0:
-        return float("nan")
     return sum(a * b for a, b in zip(dx, dy)) / math.sqrt(sxx * syy)
 
 

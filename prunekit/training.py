@@ -381,6 +381,9 @@ def check_train_args(args: TrainArgs):
         raise PrunekitError(f"these settings must be finite and positive: {', '.join(bad)}")
 
 
+RUN_MARKS = ("train_args.json", "config.json", LAST, "report.json", "prune")  # what a prunekit run directory holds
+
+
 def prepare_output(output, resume: bool, overwrite: bool) -> Path:
     """Refuse to clobber an existing run unless asked; clear it when asked (only if it looks like one)."""
     out = Path(output)
@@ -394,10 +397,9 @@ def prepare_output(output, resume: bool, overwrite: bool) -> Path:
         return out
     if not overwrite:
         raise PrunekitError(f"--output {out} already exists (use --overwrite to replace it, or --resume to continue)")
-    marks = ("train_args.json", "config.json", LAST)
-    if not any((out / m).exists() for m in marks):
+    if not any((out / m).exists() for m in RUN_MARKS):
         raise PrunekitError(f"refusing to overwrite {out}: it does not look like a prunekit run "
-                            f"(none of {', '.join(marks)})")
+                            f"(none of {', '.join(RUN_MARKS)})")
     shutil.rmtree(out)
     return out
 

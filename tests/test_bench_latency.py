@@ -3,6 +3,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 import prunekit
@@ -18,6 +19,7 @@ def load_bench():
     return module
 
 
+@pytest.mark.slow  # exports to ONNX and times ONNX Runtime
 def test_tiny_bench_run_writes_table_json_and_png(tmp_path, capsys):
     dense = tiny_model()
     dense.save_pretrained(tmp_path / "dense")
@@ -51,5 +53,7 @@ def test_tiny_bench_run_writes_table_json_and_png(tmp_path, capsys):
 def test_bench_bad_input_exits_2(tmp_path, capsys):
     bench = load_bench()
     assert bench.main(["--dense", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
-    assert "model directory not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("bench/latency.py: error: ") and "model directory not found" in err and err.count("\n") == 1
     assert bench.main(["--runtimes", "tensorrt", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.startswith("bench/latency.py: error: unknown runtime(s) ['tensorrt']; choose from ")

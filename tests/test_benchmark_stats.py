@@ -1,9 +1,11 @@
 """The statistics under bench/latency.py, checked on synthetic timings."""
 import itertools
+import types
 
 import numpy as np
 import pytest
 
+from prunekit import benchmark
 from prunekit.benchmark import Row, markdown_table, speedups, summarise, time_interleaved, warm_up
 
 
@@ -31,10 +33,17 @@ def test_interleaving_spreads_a_drifting_clock_evenly_over_models():
     assert len(times["dense"]) == len(times["pruned"]) == 200
 
 
-def test_warm_up_respects_both_count_and_time():
-    calls = []
-    assert warm_up(lambda: calls.append(1), min_calls=5, min_seconds=0.0) == 5
-    assert warm_up(lambda: None, min_calls=1, min_seconds=0.05) > 1
+def test_warm_up_respects_both_count_and_time(monkeypatch):
+    # a fake clock that each call advances by 1/8 s (exact in binary), so the count is deterministic
+    now = [0.0]
+    monkeypatch.setattr(benchmark, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def call():
+        now[0] += 0.125
+    assert warm_up(call, min_calls=5, min_seconds=0.0) == 5    # the count alone decides
+    assert warm_up(call, min_calls=1, min_seconds=0.5) == 4    # the time decides: 4 calls reach 0.5 s
+    assert warm_up(call, min_calls=6, min_seconds=0.5) == 6    # both: the larger wins
+    assert warm_up(call, min_calls=2, min_seconds=0.51) == 5   # 0.5 s is not yet 0.51 s
 
 
 def test_speedup_and_markdown_table():

@@ -1,23 +1,15 @@
 """GLUE readers for every task's real format, custom files, the HF datasets path, batching, and the
-bad-input errors. Small files written here stand in for the tasks the shared copy lacks; the real
-SST-2, MRPC and RTE files are read too."""
+bad-input errors. Small files written here stand in for every task; the real SST-2, MRPC and RTE
+files are read too when $GLUE_DIR points at them (skipped otherwise)."""
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from prunekit.checkpoints import load_tokenizer, resolve
+from conftest import needs_glue, real_glue
 from prunekit.data import (GLUE, batch_indices, batches, canonical_task, collate, lengths, load_task, read_tsv)
 from prunekit.errors import PrunekitError
-
-REAL_GLUE = Path(os.environ.get("GLUE_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(resolve("minilm"))
 
 
 def write(path: Path, lines, bom=False, final_newline=True):
@@ -39,7 +31,8 @@ def mnli_row(i, a, b, label, dev=False):
 
 @pytest.fixture(scope="module")
 def glue_dir(tmp_path_factory):
-    """One tiny glue_data tree with every task in the format GLUE distributes."""
+    """One tiny glue_data tree with every task in the format GLUE distributes (only this module reads
+    it; the synthetic SST-2 / STS-B trees other modules share are in conftest)."""
     d = tmp_path_factory.mktemp("glue_data")
     # CoLA: no header; source, label, original mark, sentence; dev without a final newline
     write(d / "CoLA/train.tsv", [["gj04", "1", "", "Our friends won't buy this analysis."],
@@ -167,16 +160,17 @@ def test_bom_is_not_part_of_the_first_column(glue_dir):
     assert "Quality" in rows[0][1] and rows[0][0] == 2  # data starts on line 2
 
 
-@pytest.mark.skipif(not (REAL_GLUE / "RTE").is_dir(), reason="the shared GLUE copy (../shared/data/glue) is absent")
+@needs_glue("SST-2", "MRPC", "RTE")
 def test_real_sst2_mrpc_rte_files(tok):
+    real = real_glue("SST-2", "MRPC", "RTE")
     # counts and dev label counts from the data README (the official GLUE numbers)
     for task, n_train, dev_counts in (("sst2", 67349, [428, 444]), ("mrpc", 3668, [129, 279]), ("rte", 2490, [146, 131])):
-        t = load_task(task, tok, glue_dir=REAL_GLUE, max_train_samples=64)
-        assert len(read_tsv(REAL_GLUE / GLUE[task].folder / "train.tsv")) == n_train
+        t = load_task(task, tok, glue_dir=real, max_train_samples=64)
+        assert len(read_tsv(real / GLUE[task].folder / "train.tsv")) == n_train
         assert len(t.train) == 64
         assert [sum(e["label"] == k for e in t.dev) for k in range(2)] == dev_counts
         assert max(lengths(t.dev)) <= 128
-    mrpc = load_task("mrpc", tok, glue_dir=REAL_GLUE, with_train=False)
+    mrpc = load_task("mrpc", tok, glue_dir=real, with_train=False)
     assert mrpc.train == []
     first = mrpc.dev[0]  # "1 \t 1355540 \t 1355592 \t He said the foodservice pie business ..."
     assert first["label"] == 1

@@ -1,6 +1,7 @@
 """ONNX export: ORT agrees with PyTorch for dense and pruned structures, before and after ORT's
 fusion; fused Attention carries each layer's own head count; int8 keeps the dev metric; a graph that
-fails parity is refused with nothing written; CUDA never falls back to the CPU silently."""
+fails parity is refused with nothing written; CUDA never falls back to the CPU silently.
+Every test that runs ONNX Runtime is marked slow; the int8 SST-2 check needs real GLUE data ($GLUE_DIR)."""
 import json
 import shutil
 
@@ -15,9 +16,8 @@ from prunekit.cli import load_predictor, main
 from prunekit.export import OnnxClassifier, export_onnx
 from prunekit.export import onnx_export, optimize, validate
 from prunekit.export.runtime import require_cuda
-from conftest import random_batch, tiny_model
+from conftest import needs_glue, random_batch, real_glue, tiny_model
 
-GLUE = "/work/shared/data/glue"
 L, H, F, D = 3, 4, 12, 16
 
 
@@ -56,6 +56,7 @@ def as_numpy(batch):
     return {k: v.numpy() for k, v in batch.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("structure", list(tiny_structures()))
 def test_export_matches_pytorch_before_and_after_fusion(structure, tmp_path):
     masks = tiny_structures()[structure]
@@ -95,6 +96,7 @@ def test_exported_graph_has_dynamic_batch_and_sequence_and_literal_heads(tmp_pat
     assert sorted(tails) == sorted([(3, 4)] * 3 + [(1, 4)] * 3)  # Q, K, V of layer 0 and layer 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opset", [14, 20])
 def test_other_opsets_export_and_fuse(opset, tmp_path):
     model = prunekit.prune(tiny(), tiny_structures()["all at once"])
@@ -103,6 +105,7 @@ def test_other_opsets_export_and_fuse(opset, tmp_path):
     assert max(r["max_abs_diff"] for r in report["parity"].values()) <= 1e-4
 
 
+@pytest.mark.slow
 def test_train_mode_model_is_exported_without_dropout(tmp_path):
     model = tiny(hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5).train()
     report = export_onnx(model, tmp_path / "out")
@@ -110,6 +113,7 @@ def test_train_mode_model_is_exported_without_dropout(tmp_path):
     assert "Dropout" not in report["node_counts"]["exported"]
 
 
+@pytest.mark.slow
 def test_export_refuses_a_graph_that_fails_parity(tmp_path, monkeypatch):
     real = onnx_export.torch_to_onnx
 
@@ -132,6 +136,7 @@ def test_export_refuses_a_graph_that_fails_parity(tmp_path, monkeypatch):
     assert not out.exists() and list(tmp_path.iterdir()) == []  # no temp dir left behind either
 
 
+@pytest.mark.slow
 def test_wrong_fused_head_count_is_caught_and_repaired(tmp_path):
     model = prunekit.prune(tiny(), tiny_structures()["all at once"])   # heads [3, 0, 1]
     graph = onnx_export.torch_to_onnx(model, tmp_path / "m.onnx")
@@ -155,6 +160,7 @@ def test_wrong_fused_head_count_is_caught_and_repaired(tmp_path):
         optimize.check_attention(graph, model.config)
 
 
+@pytest.mark.slow
 def test_int8_export_runs_and_stays_close_on_tiny(tmp_path):
     model = tiny()
     report = export_onnx(model, tmp_path / "out", optimize=True, quantize="int8")
@@ -164,6 +170,7 @@ def test_int8_export_runs_and_stays_close_on_tiny(tmp_path):
     assert report["parity"]["optimized"]["max_abs_diff"] <= 1e-4  # the graph it came from was exact
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fused", [False, True])
 def test_fp16_conversion_is_right_where_it_can_be_checked(fused, tmp_path):
     # the fp16 graph is meant for CUDA; ORT's CPU provider still runs it, which checks the conversion
@@ -182,6 +189,7 @@ def test_fp16_conversion_is_right_where_it_can_be_checked(fused, tmp_path):
     assert 0 < diff < 1e-2  # fp16 rounding on O(1) logits, not a wiring error
 
 
+@pytest.mark.slow
 def test_large_weights_go_to_external_data(tmp_path):
     model = tiny()
     report = export_onnx(model, tmp_path / "out", optimize=True, external_data_above=0)
@@ -209,6 +217,7 @@ def pruned_minilm(minilm):
     return prunekit.prune(minilm, Masks(z_head=z_head, z_int=z_int, z_hidden=z_hidden))
 
 
+@pytest.mark.slow
 def test_cli_exports_pruned_minilm_fused_and_eval_runs_it_through_ort(minilm, minilm_batch, tmp_path, capsys):
     compact = pruned_minilm(minilm)
     cfg = compact.config
@@ -238,7 +247,7 @@ def sst2_probe(tmp_path_factory):
     case where quantisation noise flips the most predictions."""
     from prunekit.data import collate, load_task
     model = prunekit.load_model("minilm", num_labels=2)
-    task = load_task("sst2", model.tokenizer, glue_dir=GLUE, max_train_samples=512, max_length=64)
+    task = load_task("sst2", model.tokenizer, glue_dir=real_glue("SST-2"), max_train_samples=512, max_length=64)
     train = sorted(task.train, key=lambda e: len(e["input_ids"]))  # batches of equal length: little padding
     feats, labels = [], []
     with torch.no_grad():
@@ -266,9 +275,11 @@ def sst2_probe(tmp_path_factory):
 INT8_TOLERANCE = 0.03  # accuracy points (absolute) on 300 SST-2 dev sentences, probe head above
 
 
+@pytest.mark.slow
+@needs_glue("SST-2")
 def test_int8_keeps_the_sst2_dev_metric_within_tolerance(sst2_probe, tmp_path):
     dev = tmp_path / "dev300.tsv"
-    lines = open(f"{GLUE}/SST-2/dev.tsv", encoding="utf-8").read().splitlines()
+    lines = (real_glue("SST-2") / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()
     dev.write_text("\n".join(lines[:301]) + "\n", encoding="utf-8")        # header + 300 sentences
     out = tmp_path / "int8"
     assert main(["export", "--onnx", "--model", str(sst2_probe), "--output", str(out), "--optimize",
@@ -291,6 +302,7 @@ def cuda_really_works() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(cuda_really_works(), reason="this machine has a GPU: the no-fallback error cannot occur")
 def test_cuda_without_a_working_gpu_is_a_clear_error_not_a_cpu_fallback(tmp_path):
     export_onnx(tiny(), tmp_path / "out")
@@ -303,6 +315,7 @@ def test_cuda_without_a_working_gpu_is_a_clear_error_not_a_cpu_fallback(tmp_path
     assert not (tmp_path / "fp16").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not cuda_really_works(), reason="needs a GPU with CUDA libraries for onnxruntime-gpu")
 def test_fp16_export_runs_on_cuda_with_io_binding(tmp_path):
     model = tiny()

@@ -1,8 +1,11 @@
 """The encoder, loaded from the packaged all-MiniLM-L6-v2, against transformers' own BertModel."""
+import pytest
 import torch
 from transformers import BertModel
 
 from prunekit.checkpoints import resolve
+
+pytestmark = pytest.mark.slow  # every test here loads the real MiniLM
 
 
 def test_encoder_matches_transformers_bert_on_minilm(minilm, minilm_batch):

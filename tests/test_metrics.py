@@ -87,5 +87,7 @@ def test_main_metric_per_task():
 
 
 def test_mismatched_lengths_are_refused():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^2 predictions for 1 labels$"):
         compute_metrics("sst2", [1, 0], [1])
+    with pytest.raises(ValueError, match="^no examples to score$"):
+        compute_metrics("sst2", [], [])

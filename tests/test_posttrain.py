@@ -1,29 +1,25 @@
 """Post-training pruning (prunekit.posttrain): search, latency fit, rearrangement, tuning, pipeline, CLI."""
-import itertools
+import json
 
 import pytest
 import torch
 
 import prunekit
 from prunekit import Masks
+from prunekit.cli import main
+from prunekit.data import Task
 from prunekit.errors import PrunekitError
 from prunekit.posttrain.fisher import diagonal_fisher, mask_gradients
+from prunekit.posttrain.pipeline import (Constraint, compress, fisher_batches, sample_examples, tuning_subset,
+                                        warn_if_not_fine_tuned)
 from prunekit.posttrain.rearrange import pruned_set_objective, rearrange, rearrange_layer
 from prunekit.posttrain.search import LatencyFit, fit_piecewise_linear, search_latency, search_mac
 from prunekit.posttrain.tune import tune_masks
-from conftest import random_batch, tiny_model
+# synthetic_task lives in conftest; test_posttrain_golden imports it from here
+from conftest import labelled_batches, random_batch, synthetic_task, tiny_model
 
 
 # ---------------------------------------------------------------- Fisher
-
-def labelled_batches(n=3, seed=0):
-    out = []
-    for i in range(n):
-        b = random_batch(batch=4, seq=9, seed=seed + i)
-        b["labels"] = torch.tensor([0, 1, 2, 1])
-        out.append(b)
-    return out
-
 
 def test_mask_gradients_match_finite_differences_and_leave_the_model_as_it_was():
     model = tiny_model().double()
@@ -248,6 +244,7 @@ def tuning_problem(seed=0):
     return model, batches, Masks(z_head=t_head, z_int=t_int), Masks(z_head=s_head, z_int=s_int)
 
 
+@pytest.mark.slow  # 1 to 2 s per seed on an idle 2-core machine
 @pytest.mark.parametrize("seed", range(3))
 def test_tuning_reduces_reconstruction_error_on_the_data_it_fitted(seed):
     model, batches, teacher, student = tuning_problem(seed)
@@ -302,61 +299,6 @@ def test_tuning_with_one_kept_unit_solves_a_single_unknown():
 
 # ---------------------------------------------------------------- pipeline and CLI
 
-import json
-import random
-
-from prunekit.checkpoints import load_tokenizer, resolve
-from prunekit.cli import main
-from prunekit.data import Task
-from prunekit.posttrain.pipeline import (Constraint, compress, fisher_batches, sample_examples, tuning_subset,
-                                        warn_if_not_fine_tuned)
-
-POS, NEG = "good great fine nice lovely superb".split(), "bad awful poor sad dull ugly".split()
-FILLER = "the film was a story it and".split()
-
-
-def sentence(rng, label):
-    words = [rng.choice(FILLER) for _ in range(rng.randint(2, 9))]
-    words.insert(rng.randint(0, len(words)), rng.choice(POS if label else NEG))
-    return " ".join(words)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(resolve("minilm"))
-
-
-@pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("glue")
-    rng = random.Random(0)
-    (d / "SST-2").mkdir()
-    for split, n in (("train", 96), ("dev", 40)):
-        rows = "".join(f"{sentence(rng, i % 2)} \t{i % 2}\n" for i in range(n))
-        (d / "SST-2" / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
-    return d
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tok, tmp_path_factory):
-    """A tiny prunekit model (not fine-tuned) with the real MiniLM tokenizer, saved as a model directory."""
-    d = tmp_path_factory.mktemp("teacher")
-    model = tiny_model(vocab_size=tok.vocab_size, max_position_embeddings=64, num_labels=2)
-    model.tokenizer = tok
-    model.save_pretrained(d)
-    return d
-
-
-def synthetic_task(model, n_train=96, n_dev=24, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    def example(i):
-        n = int(torch.randint(3, 12, (1,), generator=g))
-        ids = torch.randint(1, model.config.vocab_size, (n,), generator=g).tolist()
-        return {"input_ids": ids, "token_type_ids": [0] * n, "label": i % model.config.num_labels}
-    return Task(name="toy", num_labels=model.config.num_labels, is_regression=False, labels=["a", "b", "c"],
-                train=[example(i) for i in range(n_train)], dev_sets={"dev": [example(i) for i in range(n_dev)]})
-
-
 def test_sample_is_drawn_without_replacement():
     train = [{"i": i} for i in range(100)]
     s = sample_examples(train, 60, seed=3)
@@ -375,6 +317,7 @@ def test_fisher_batches_are_full_and_cover_the_sample_once(by_length):
         assert pad <= 4 * 16 * 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["macs", "latency"])
 def test_pipeline_compact_model_equals_the_masked_model(kind, tmp_path):
     model = tiny_model()
@@ -410,6 +353,7 @@ def test_tuning_subset_is_a_prefix_of_whole_examples_with_enough_tokens():
     assert tuning_subset(sample, 10_000, min_examples=1) == sample    # fewer tokens than asked: all of it
 
 
+@pytest.mark.slow
 def test_tuning_toward_the_dense_model_is_an_option_with_its_own_target():
     model = tiny_model()
     task = synthetic_task(model)
@@ -422,7 +366,7 @@ def test_tuning_toward_the_dense_model_is_an_option_with_its_own_target():
     assert not torch.allclose(assistant.z_head, dense.z_head)
     fitted = [f for f in rep_d["tuning"] if f["status"] == "ok"]
     assert fitted and all(f["error_after"] <= f["error_before"] * (1 + 1e-9) for f in fitted)
-    with pytest.raises(ValueError, match="tune_teacher"):
+    with pytest.raises(PrunekitError, match="tune_teacher must be"):
         run("teacher")
 
 
@@ -437,23 +381,28 @@ def test_warning_for_a_teacher_at_chance():
     assert warnings == []
 
 
-def test_compress_verb_writes_a_compact_model_that_equals_the_masked_teacher(teacher_dir, glue_dir, tmp_path, capsys):
+@pytest.mark.slow
+def test_compress_verb_writes_a_compact_model_that_equals_the_masked_teacher(tiny_model_dir, sst2_glue_dir, tmp_path,
+                                                                             capsys):
     out = tmp_path / "pt"
-    code = main(["compress", "--method", "post-training", "--teacher", str(teacher_dir), "--task", "sst2",
-                 "--glue-dir", str(glue_dir), "--macs", "0.5", "--output", str(out), "--num-samples", "64",
+    code = main(["compress", "--method", "post-training", "--teacher", str(tiny_model_dir), "--task", "sst2",
+                 "--glue-dir", str(sst2_glue_dir), "--macs", "0.5", "--output", str(out), "--num-samples", "64",
                  "--batch-size", "16", "--device", "cpu"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "warning:" in captured.err and "fine-tuned" in captured.err  # an untrained teacher is at chance
-    assert "MACs kept" in captured.out
     assert {"config.json", "model.safetensors", "masks.safetensors", "report.json"} <= {p.name for p in out.iterdir()}
+
     def no_nan(token):
         raise AssertionError(f"report.json has {token}: not strict JSON")
     report = json.loads((out / "report.json").read_text(), parse_constant=no_nan)
+    # the summary prints the report's own figures
+    assert captured.out.splitlines()[0] == (f"sst2: macs kept <= 0.5 -> MACs kept {report['macs_kept']:.3f}, "
+                                            f"params kept {report['params_kept']:.3f}")
     assert report["constraint"] == {**report["constraint"], "kind": "macs", "value": 0.5}
     assert report["max_length"] == 64 and report["macs_kept"] <= 0.5 + 1e-9
     assert report["fisher_precision"] == "fp32"  # the default: bf16 flips near-ties in the ranking
-    teacher = prunekit.load_model(str(teacher_dir))
+    teacher = prunekit.load_model(str(tiny_model_dir))
     compact = prunekit.load_model(str(out))
     masks = Masks.load(out / "masks.safetensors", teacher.config)
     batch = {k: v for k, v in dict(teacher.tokenizer(["a good film", "the story was dull and sad"],
@@ -471,12 +420,12 @@ def test_compress_verb_writes_a_compact_model_that_equals_the_masked_teacher(tea
     ([], "exactly one budget"),
     (["--macs", "1e-9"], "too small to keep one head and one FFN neuron per layer"),
     (["--macs", "1e-9", "--allow-empty-sublayers"], "too small to keep a single head or FFN neuron"),
-    (["--macs", "0.5", "--method", "cofi"], "not implemented yet"),
+    (["--macs", "0.5", "--method", "cofi", "--num-samples", "64"], "--num-samples, --no-eval are not options of --method cofi"),
     (["--macs", "0.5", "--method", "magic"], "unknown --method"),
     (["--macs", "0.5", "--fisher-precision", "fp8"], "--fisher-precision"),
 ])
-def test_compress_bad_input_is_one_line_exit_2(teacher_dir, glue_dir, tmp_path, capsys, extra, message):
-    cmd = ["compress", "--teacher", str(teacher_dir), "--task", "sst2", "--glue-dir", str(glue_dir),
+def test_compress_bad_input_is_one_line_exit_2(tiny_model_dir, sst2_glue_dir, tmp_path, capsys, extra, message):
+    cmd = ["compress", "--teacher", str(tiny_model_dir), "--task", "sst2", "--glue-dir", str(sst2_glue_dir),
            "--output", str(tmp_path / "x"), "--batch-size", "16", "--device", "cpu", "--no-eval"] + extra
     assert main(cmd) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -484,14 +433,15 @@ def test_compress_bad_input_is_one_line_exit_2(teacher_dir, glue_dir, tmp_path, 
     assert not (tmp_path / "x").exists()
 
 
-def test_compress_refuses_a_missing_teacher_and_an_existing_output(teacher_dir, glue_dir, tmp_path, capsys):
-    base = ["compress", "--task", "sst2", "--glue-dir", str(glue_dir), "--macs", "0.5", "--device", "cpu"]
+def test_compress_refuses_a_missing_teacher_and_an_existing_output(tiny_model_dir, sst2_glue_dir, tmp_path, capsys):
+    base = ["compress", "--task", "sst2", "--glue-dir", str(sst2_glue_dir), "--macs", "0.5", "--device", "cpu"]
     assert main(base + ["--teacher", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
     (tmp_path / "o").mkdir()
-    assert main(base + ["--teacher", str(teacher_dir), "--output", str(tmp_path / "o")]) == 2
+    assert main(base + ["--teacher", str(tiny_model_dir), "--output", str(tmp_path / "o")]) == 2
     assert "already exists" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # times every block size of the tiny model twice (about 5 s)
 def test_latency_tables_are_cached_per_shape_and_reused(tmp_path):
     from prunekit.posttrain.latency import load_or_measure
     cfg = tiny_model().config
@@ -504,6 +454,7 @@ def test_latency_tables_are_cached_per_shape_and_reused(tmp_path):
     assert not cached and len(json.loads(cache.read_text())) == 2
 
 
+@pytest.mark.slow
 def test_latency_tables_from_onnx_runtime(tmp_path):
     from prunekit.posttrain.latency import load_or_measure
     table, _ = load_or_measure(tiny_model().config, 2, 8, tmp_path / "lut.json", runtime="ort", progress=False)
@@ -520,9 +471,11 @@ def test_a_cache_file_that_is_not_a_latency_table_is_refused_not_overwritten(tmp
     assert bad.read_bytes() == b"\x00\x01 not json"
 
 
-def test_compress_verb_latency_mode_measures_then_reuses_its_tables(teacher_dir, glue_dir, tmp_path, capsys):
-    cmd = ["compress", "--teacher", str(teacher_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--latency", "0.6",
-           "--latency-batch", "2", "--latency-seq-len", "8", "--lut-cache", str(tmp_path / "lut.json"),
+@pytest.mark.slow
+def test_compress_verb_latency_mode_measures_then_reuses_its_tables(tiny_model_dir, sst2_glue_dir, tmp_path,
+                                                                     capsys):
+    cmd = ["compress", "--teacher", str(tiny_model_dir), "--task", "sst2", "--glue-dir", str(sst2_glue_dir),
+           "--latency", "0.6", "--latency-batch", "2", "--latency-seq-len", "8", "--lut-cache", str(tmp_path / "lut.json"),
            "--num-samples", "32", "--batch-size", "16", "--device", "cpu", "--no-eval",
            "--allow-empty-sublayers"]  # tiny blocks are all overhead: a flat table leaves nothing to trim but layers
     assert main(cmd + ["--output", str(tmp_path / "a")]) == 0
@@ -532,18 +485,21 @@ def test_compress_verb_latency_mode_measures_then_reuses_its_tables(teacher_dir,
     assert not first["constraint"]["latency_table_cached"] and second["constraint"]["latency_table_cached"]
     assert first["constraint"]["latency_table"].startswith("ort|")
     assert second["constraint"]["cost_under_search_model"] <= second["constraint"]["budget"] * (1 + 1e-9)
-    assert "block latency kept" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for r in (first, second):
+        assert (f"sst2: latency kept <= 0.6 -> MACs kept {r['macs_kept']:.3f}, params kept {r['params_kept']:.3f}, "
+                f"block latency kept {r['latency_kept_table']:.3f} (table)") in out.splitlines()
 
 
-def test_an_hf_encoder_without_a_classifier_is_flagged_as_not_fine_tuned(tok, glue_dir, tmp_path, capsys):
+def test_an_hf_encoder_without_a_classifier_is_flagged_as_not_fine_tuned(tok, sst2_glue_dir, tmp_path, capsys):
     from transformers import BertConfig, BertModel
     hf_dir = tmp_path / "hf-encoder"
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=12, max_position_embeddings=64)).save_pretrained(hf_dir)
     tok.save_pretrained(hf_dir)
-    code = main(["compress", "--teacher", str(hf_dir), "--task", "sst2", "--glue-dir", str(glue_dir), "--macs", "0.6",
-                 "--output", str(tmp_path / "out"), "--num-samples", "32", "--batch-size", "16", "--device", "cpu",
-                 "--no-eval"])
+    code = main(["compress", "--teacher", str(hf_dir), "--task", "sst2", "--glue-dir", str(sst2_glue_dir),
+                 "--macs", "0.6", "--output", str(tmp_path / "out"), "--num-samples", "32", "--batch-size", "16",
+                 "--device", "cpu", "--no-eval"])
     err = capsys.readouterr().err
     assert code == 0 and "no classifier weights" in err and "not fine-tuned" in err

@@ -42,13 +42,16 @@ def test_auto_model_loads_prunekit_directories(tmp_path):
         assert torch.equal(compact.eval()(**batch).logits, auto(**batch).logits)
 
 
+@pytest.mark.slow  # loads the real MiniLM
 def test_minilm_compact_saves_tokenizer_and_reloads(minilm, minilm_batch, tmp_path):
     masks = Masks(z_head=(torch.arange(72).view(6, 12) % 3 != 0).float(), z_int=(torch.arange(6 * 1536).view(6, 1536) % 2).float())
     compact = prunekit.prune(minilm, masks)
     compact.save_pretrained(tmp_path / "c")
-    assert (tmp_path / "c" / "tokenizer.json").is_file() or (tmp_path / "c" / "vocab.txt").is_file()
+    assert (tmp_path / "c" / "tokenizer.json").is_file()  # the fast tokenizer, saved whole
     loaded = prunekit.load_model(tmp_path / "c")
-    assert loaded.tokenizer is not None and loaded.config.num_heads == [8] * 6 and loaded.config.ffn_dim == [768] * 6
+    assert loaded.config.num_heads == [8] * 6 and loaded.config.ffn_dim == [768] * 6
+    text = ["it 's a dull , lifeless mess", "a gripping, beautifully shot film ."]
+    assert loaded.tokenizer(text)["input_ids"] == minilm.tokenizer(text)["input_ids"]
     with torch.no_grad():
         assert torch.equal(compact(**minilm_batch).logits, loaded(**minilm_batch).logits)
 

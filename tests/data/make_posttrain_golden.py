@@ -1,6 +1,6 @@
 """Writes tests/data/posttrain_golden.json from the code as it is (run once before a refactor)."""
 import json, sys
-sys.path.insert(0, "tests")
+sys.path.insert(0, "tests")  # run from the repository root
 import torch
 from conftest import tiny_model
 from test_posttrain import synthetic_task
