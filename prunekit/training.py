@@ -163,6 +163,8 @@ class Trainer:
     penalty) and parameter_groups() (e.g. mask logits with their own learning rate).
     """
 
+    name = "finetune"  # what the progress bar says
+
     def __init__(self, model, task: Task, args: TrainArgs):
         if not task.train:
             raise PrunekitError(f"{task.name}: no training examples")
@@ -254,7 +256,7 @@ class Trainer:
                                                       "train_examples": len(self.task.train)})
             (self.out / "log.jsonl").write_text("")
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"finetune {self.task.name}", unit="step",
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.name} {self.task.name}", unit="step",
                    disable=not a.progress, mininterval=bar_interval())
         while self.step < self.total_steps:
             epoch, skip = divmod(self.step, self.steps_per_epoch)

@@ -54,6 +54,7 @@ class CoFiTrainer(Trainer):
         keep: which evaluation becomes the kept model, "best" (by the dev metric) or "final"."""
         self.settings, self.distiller, self.gates, self.cost, self.target = settings, distiller, gates, cost, target
         self.pre_steps, self.warmup_steps, self.keep = pre_steps, warmup_steps, keep
+        self.name = "cofi prune" if gates is not None else "cofi finetune"
         self.teacher = teacher.to(args.device).eval()  # runs under no_grad; its parameters are left as they are
         super().__init__(model, task, args)
         self.distiller.to(args.device)
