@@ -60,6 +60,8 @@ def torch_to_onnx(model, path, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """Export the model's logits with dynamic batch and sequence axes; returns the loaded graph."""
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
         model = copy.deepcopy(model).float().cpu()  # the caller's model stays where it was
+    kernels = model.kernels
+    model.set_kernels("torch")  # the eager graph: the pattern ORT's attention fusion recognises
     wrapper = LogitsOnly(model)
     # .eval() on the wrapper right before export: a fresh nn.Module is in train mode and would take
     # the model with it, leaving dropout in the graph (seen: ORT off by 2e-2)
@@ -72,6 +74,7 @@ def torch_to_onnx(model, path, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
                               dynamic_axes=DYNAMIC_AXES, do_constant_folding=True)
     finally:
         wrapper.eval()
+        model.set_kernels(kernels)
     return onnx.load(str(path))
 
 

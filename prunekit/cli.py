@@ -45,7 +45,8 @@ def cmd_finetune(args):
     train_args = TrainArgs(output=args.output, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                            weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed,
                            max_steps=args.max_steps, eval_every=args.eval_every, save_every=args.save_every,
-                           group_by_length=not args.no_group_by_length, device=args.device)
+                           group_by_length=not args.no_group_by_length, device=args.device,
+                           kernels=args.kernels, precision=args.precision)
     check_device(args.device)
     summary = finetune(args.model, args.task, train_args, resume=args.resume, overwrite=args.overwrite,
                        **data_args(args), max_train_samples=args.max_train_samples)
@@ -144,7 +145,7 @@ COFI_OPTIONS = {"target_sparsity": "--target-sparsity", "prune_epochs": "--prune
                 "alpha_layer": "--alpha-layer", "alpha_task": "--alpha-task", "distill_layers": "--distill-layers",
                 "sparsity_epsilon": "--sparsity-epsilon", "max_steps": "--max-steps", "eval_every": "--eval-every",
                 "save_every": "--save-every", "student": "--student", "finetune_keep": "--finetune-keep",
-                "resume": "--resume"}
+                "resume": "--resume", "precision": "--precision"}
 
 
 def given(args, names) -> dict:
@@ -177,7 +178,7 @@ def cmd_post_training(args):
     constraint = Constraint(kind, value, device=args.device, **given(args, (
         "latency_batch", "latency_seq_len", "lut_cache", "latency_runtime", "latency_threads")))
     config = PostTrainConfig(device=args.device, evaluate=not args.no_eval, **given(args, (
-        "num_samples", "seed", "batch_size", "allow_empty_sublayers", "fisher_precision")))
+        "num_samples", "seed", "batch_size", "allow_empty_sublayers", "fisher_precision", "kernels")))
     report = run(args.teacher, args.task, args.output, constraint, config, data=data_args(args),
                  overwrite=args.overwrite)
     print(summarise_compress(report, args.output))
@@ -194,7 +195,7 @@ def cmd_cofi(args):
     options = given(args, ("prune_epochs", "finetune_epochs", "pre_prune_epochs", "lagrangian_warmup", "lr",
                            "finetune_lr", "reg_lr", "temperature", "alpha_pred", "alpha_layer", "alpha_task",
                            "sparsity_epsilon", "max_steps", "eval_every", "save_every", "student", "finetune_keep",
-                           "seed", "batch_size"))
+                           "seed", "batch_size", "kernels", "precision"))
     if args.distill_layers is not None:
         try:
             options["distill_layers"] = tuple(int(x) for x in args.distill_layers.split(","))
@@ -290,6 +291,18 @@ def add_data_options(p, train: bool):
                    "1 is much faster when other jobs share the cores")
 
 
+def add_speed_options(p, defaults: dict, precision: bool = True):
+    from .model import KERNELS
+    p.add_argument("--kernels", choices=KERNELS, default=defaults["kernels"],
+                   help="attention / FFN implementation while training: torch (exact eager; default), sdpa "
+                   "(PyTorch's fused attention: the fast CPU path), triton (fused kernels, CUDA), auto (triton on "
+                   "CUDA, sdpa elsewhere); bench/results/train_speed.md measures them")
+    if precision:
+        p.add_argument("--precision", choices=("fp32", "bf16"), default=defaults["precision"],
+                       help="bf16: forward passes under bfloat16 autocast with fp32 master weights (fast where the "
+                       "CPU or GPU has native bf16; default %(default)s)")
+
+
 def default_device() -> str:
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -342,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, help="steps between resume checkpoints (default: at each evaluation, "
                    "at most 200)")
     p.add_argument("--no-group-by-length", action="store_true", help="plain shuffled batches (slower: more padding)")
+    add_speed_options(p, T)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from <output>/last")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output run")
     p.set_defaults(func=cmd_finetune)
@@ -378,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help=f"default {P['seed']} (post-training: the sample), {K['seed']} (cofi)")
     p.add_argument("--batch-size", type=int, help=f"Fisher batch (post-training) or training batch (cofi); "
                    f"default {P['batch_size']}")
+    add_speed_options(p, {"kernels": None}, precision=False)
     for action in p._actions:  # each method's own default max length, not the shared one
         if action.dest == "max_length":
             action.help = (f"tokens per example (default: post-training 64 for sst2 and cola, as Kwon et al., else "
@@ -432,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--finetune-keep", choices=("final", "best"), help="which fine-tuned model to keep (default "
                    f"{K['finetune_keep']}; best picks by the dev metric, which flatters it)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted CoFi run in --output")
+    g.add_argument("--precision", choices=("fp32", "bf16"), help=f"forward passes in bf16 autocast, weights, gates "
+                   f"and lambda in fp32 (default {K['precision']})")
     p.set_defaults(func=cmd_compress, max_length=None)
     return parser
 

@@ -16,6 +16,13 @@ Checked against transformers' BertModel on all-MiniLM-L6-v2 (tests/test_hf_parit
 compact form, against the masked model (tests/test_surgery.py).
 The forward has no Python branch on tensor values, so it traces and exports; branches depend only on
 the config (a layer with no heads simply has no attention code) or on which masks were passed.
+
+Kernels (model.set_kernels): "torch" (the default) is the eager reference above, the one export and
+every exactness test use; "sdpa" computes attention with PyTorch's scaled_dot_product_attention
+(the fast CPU path: no S x S tensor kept for backward), the head gate on its output; "triton" runs
+the fused Triton kernels of prunekit.kernels for attention (online softmax, gate inside, no
+attention-probability dropout) and for the FFN (bias, GELU and both gates in GEMM epilogues);
+"auto" is triton on CUDA and sdpa elsewhere. All compute the same function within float rounding.
 """
 import math
 import os
@@ -28,6 +35,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
 from .config import PrunekitBertConfig
+from .errors import PrunekitError
 from .io import staged_into
 from .tokenizer import load_tokenizer
 
@@ -41,6 +49,24 @@ class LayerMasks:
     unit: torch.Tensor | None = None    # (F,) per FFN unit
     hidden: torch.Tensor | None = None  # (d,) values
     keep: torch.Tensor | None = None    # (d,) 1.0 where hidden != 0, else 0.0
+
+
+KERNELS = ("torch", "sdpa", "triton", "auto")
+
+
+def resolve_kernels(kernels: str, device) -> str:
+    """'auto' -> 'triton' on CUDA (when Triton is there), 'sdpa' elsewhere; the others as they are."""
+    if kernels not in KERNELS:
+        raise PrunekitError(f"kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
+    if kernels != "auto":
+        return kernels
+    if torch.device(device).type == "cuda":
+        try:
+            import triton  # noqa: F401
+            return "triton"
+        except ImportError:
+            return "sdpa"
+    return "sdpa"
 
 
 def masked_layer_norm(x: torch.Tensor, norm: nn.LayerNorm, keep: torch.Tensor | None) -> torch.Tensor:
@@ -120,6 +146,7 @@ class Attention(nn.Module):
     def __init__(self, config: PrunekitBertConfig, num_heads: int):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, config.head_dim
+        self.kernels = "torch"
         if num_heads == 0:
             return
         d, inner = config.hidden_size, num_heads * config.head_dim
@@ -137,6 +164,15 @@ class Attention(nn.Module):
     def heads(self, x, attn_bias, z_head=None):
         """Per-head context vectors, each scaled by its head mask: (B, H, S, dh)."""
         q, k, v = self.split_heads(self.query(x)), self.split_heads(self.key(x)), self.split_heads(self.value(x))
+        if self.kernels == "triton":
+            from prunekit.kernels.attention import masked_attention
+            key_mask = (attn_bias[:, 0, 0, :] == 0).to(q.dtype)                    # (B, S) 1 = token
+            gate = z_head.to(q.dtype) if z_head is not None else None
+            return masked_attention(q, k, v, key_mask, gate)
+        if self.kernels == "sdpa":
+            p = self.attn_dropout.p if self.training else 0.0
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.to(q.dtype), dropout_p=p)
+            return ctx if z_head is None else ctx * z_head.view(1, self.num_heads, 1, 1)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, S, dh) x (B, H, dh, S) -> (B, H, S, S)
         probs = self.attn_dropout(torch.softmax(scores + attn_bias, dim=-1))
         ctx = probs @ v                                            # (B, H, S, S) x (B, H, S, dh) -> (B, H, S, dh)
@@ -166,6 +202,7 @@ class FeedForward(nn.Module):
     def __init__(self, config: PrunekitBertConfig, width: int):
         super().__init__()
         self.width = width
+        self.kernels = "torch"
         if width == 0:
             return
         self.up = nn.Linear(config.hidden_size, width)
@@ -182,9 +219,14 @@ class FeedForward(nn.Module):
     def forward(self, x, m: LayerMasks | None = None):
         if self.width == 0:
             return x
-        out = self.down(self.activations(x, None if m is None else m.unit))  # (B, S, F) -> (B, S, d)
-        if m is not None and m.ffn is not None:
-            out = out * m.ffn
+        if self.kernels == "triton":  # bias, GELU, z_int and z_ffn fused into the two GEMMs
+            from prunekit.kernels.ffn import masked_ffn
+            out = masked_ffn(x, self.up.weight, self.up.bias, self.down.weight, self.down.bias,
+                             None if m is None else m.unit, None if m is None else m.ffn)
+        else:
+            out = self.down(self.activations(x, None if m is None else m.unit))  # (B, S, F) -> (B, S, d)
+            if m is not None and m.ffn is not None:
+                out = out * m.ffn
         alive = None if m is None else sublayer_alive(m.ffn, m.unit)
         return self.residual(out, x, m, alive)
 
@@ -275,6 +317,18 @@ class PrunekitBertForSequenceClassification(PreTrainedModel):
             else:
                 loss = F.cross_entropy(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+
+    def set_kernels(self, kernels: str = "auto"):
+        """Which implementation the attention and FFN sublayers run (module docstring); returns self."""
+        mode = resolve_kernels(kernels, next(self.parameters()).device)
+        for module in self.modules():
+            if isinstance(module, (Attention, FeedForward)):
+                module.kernels = mode if (mode != "sdpa" or isinstance(module, Attention)) else "torch"
+        return self
+
+    @property
+    def kernels(self) -> str:
+        return next((m.kernels for m in self.modules() if isinstance(m, Attention)), "torch")
 
     def save_pretrained(self, save_directory, **kwargs):
         """config.json (model_type prunekit-bert, per-layer lists), model.safetensors and the tokenizer

@@ -127,6 +127,8 @@ class TrainArgs:
     save_every: int | None = None     # steps between resume checkpoints; None = at each evaluation, at most 200
     eval_batch_size: int = 128        # evaluation only; big batches in length order pad little
     group_by_length: bool = True      # batches of similar length: far less padding than plain shuffling
+    kernels: str = "torch"            # attention / FFN implementation (prunekit.model); torch = the exact eager path
+    precision: str = "fp32"           # fp32, or bf16 autocast (fp32 master weights) where the hardware has it
     device: str = "cpu"
     progress: bool = True             # tqdm bars
 
@@ -172,6 +174,7 @@ class Trainer:
             raise PrunekitError(f"{task.name}: no dev set to evaluate on")
         check_train_args(args)
         self.model, self.task, self.args = model.to(args.device), task, args
+        model.set_kernels(args.kernels)
         set_task_labels(model.config, task)
         self.out = Path(args.output)
         self.metric = main_metric(task.name)
@@ -231,9 +234,15 @@ class Trainer:
         return self.train_seconds_before + self.watch.seconds.get("train", 0.0)
 
     # -- the loop ------------------------------------------------------------------------------
+    def autocast(self):
+        """The forward's precision context: bf16 autocast for precision="bf16", else a no-op."""
+        return torch.autocast(torch.device(self.args.device).type, dtype=torch.bfloat16,
+                              enabled=self.args.precision == "bf16")
+
     def train_step(self, batch) -> float:
         """One optimisation step on one batch; returns the loss."""
-        loss = self.loss(batch)
+        with self.autocast():
+            loss = self.loss(batch)
         if not torch.isfinite(loss):
             raise PrunekitError(f"loss became {loss.item()} at step {self.step + 1}; try a lower --lr")
         loss.backward()
@@ -379,6 +388,8 @@ def check_train_args(args: TrainArgs):
             if not (math.isfinite(v) and v >= 0)]
     if not 0 <= args.warmup_ratio < 1:
         bad.append("warmup ratio (in [0, 1))")
+    if args.precision not in ("fp32", "bf16"):
+        bad.append(f"precision (fp32 or bf16, not {args.precision!r})")
     if bad:
         raise PrunekitError(f"these settings must be finite and positive: {', '.join(bad)}")
 

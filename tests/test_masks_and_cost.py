@@ -39,7 +39,7 @@ def test_masked_forward_rejects_wrong_shape():
 
 
 def test_bert_base_encoder_params_match_cofi_definition():
-    # CoFi's prunable model size M for BERT-base (anchors.md 1.4): 12 * (4d^2 + 4d + 2*d*dff + dff + d)
+    # CoFi's prunable model size M for BERT-base (the paper's reference code, L0Module): 12 * (4d^2 + 4d + 2*d*dff + dff + d)
     base = PrunekitBertConfig(hidden_size=768, head_dim=64, num_heads=[12] * 12, ffn_dim=[3072] * 12)
     assert param_counts(base)["encoder"] == 85_017_600
 
@@ -62,7 +62,7 @@ def test_macs_follow_kwon_formulas():
     head, neuron = unit_macs(base, seq_len=s)
     assert head == pytest.approx(4 * s * 768 * 64 + 2 * s * s * 64)
     assert neuron == pytest.approx(2 * s * 768)
-    assert head / neuron == pytest.approx(128 + s / 12)           # anchors.md 2.4
+    assert head / neuron == pytest.approx(128 + s / 12)           # Kwon et al.: a head is 4sd*dh + 2s^2*dh, a neuron 2sd
     assert macs(base, seq_len=s)["total"] / 1e9 == pytest.approx(5.56, abs=0.01)
 
 

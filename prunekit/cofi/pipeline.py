@@ -96,11 +96,17 @@ class CoFiConfig:
     eval_every: int | None = None        # steps between dev evaluations; None: each epoch, at most 500 steps
     save_every: int | None = None        # steps between resume checkpoints; None: each evaluation, at most 200
     eval_batch_size: int = 128
+    kernels: str = "torch"               # attention / FFN implementation (prunekit.model; torch = exact eager)
+    precision: str = "fp32"              # fp32, or bf16 autocast of the forward passes (fp32 weights, gates, lambda)
     device: str = "cpu"
     progress: bool = True
 
     def check(self):
         """Every setting, before any model or data is loaded."""
+        from ..model import KERNELS
+        if self.kernels not in KERNELS or self.precision not in ("fp32", "bf16"):
+            raise PrunekitError(f"kernels must be one of {', '.join(KERNELS)} and precision fp32 or bf16, got "
+                                f"{self.kernels!r}, {self.precision!r}")
         positive = {"--lr": self.lr, "--finetune-lr": self.finetune_lr, "--reg-lr": self.reg_lr,
                     "--temperature": self.temperature, "--batch-size": self.batch_size,
                     "--eval-batch-size": self.eval_batch_size}
@@ -175,7 +181,7 @@ def train_args(config: CoFiConfig, out: Path, steps: int, spe: int, lr: float) -
                      weight_decay=config.weight_decay, warmup_ratio=0.0, max_grad_norm=config.max_grad_norm,
                      seed=config.seed, max_steps=steps, eval_every=eval_every,
                      save_every=config.save_every or min(eval_every, 200), eval_batch_size=config.eval_batch_size,
-                     device=config.device, progress=config.progress)
+                     kernels=config.kernels, precision=config.precision, device=config.device, progress=config.progress)
 
 
 def new_student(teacher, config: CoFiConfig):

@@ -116,7 +116,8 @@ class CoFiTrainer(Trainer):
     def train_step(self, batch) -> float:
         pruning = self.pruning
         masks = self.gates.sample() if pruning else None
-        parts = self.losses_of(batch, masks)
+        with self.autocast():  # the forward passes; gates, expected size and lambda stay fp32
+            parts = self.losses_of(batch, masks)
         loss = parts["total"]
         if pruning:
             expected = self.cost.sparsity(self.gates.prob_nonzero())

@@ -97,6 +97,7 @@ class PostTrainConfig:
     tune_teacher: str = "assistant"    # tuning target: the teacher-assistant masks at sqrt(c), or "dense"
     ffn_target: str = "assistant"      # FFN target of tuning; "dense" is what the reference computed
     eval_batch_size: int = 128         # evaluation only
+    kernels: str = "torch"             # attention / FFN implementation of the Fisher pass (torch = exact eager)
     device: str = "cpu"
     progress: bool = True              # tqdm bars
 
@@ -119,6 +120,9 @@ class PostTrainConfig:
             raise PrunekitError(f"max_fit_tokens must be >= 1, got {self.max_fit_tokens}")
         if self.eval_batch_size < 1:
             raise PrunekitError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        from ..model import KERNELS
+        if self.kernels not in KERNELS:
+            raise PrunekitError(f"kernels must be one of {', '.join(KERNELS)}, not {self.kernels!r}")
         return self
 
 
@@ -319,7 +323,12 @@ def compress(model, task, constraint: Constraint, config: PostTrainConfig | None
 
     sample = sample_examples(task.train, config.num_samples, config.seed)
     with watch("fisher"):
-        fisher = run_fisher(model, sample, config)
+        kernels = model.kernels
+        model.set_kernels(config.kernels)
+        try:
+            fisher = run_fisher(model, sample, config)
+        finally:
+            model.set_kernels(kernels)
     table = None
     if constraint.kind == "latency":
         from .latency import load_or_measure

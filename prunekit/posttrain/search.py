@@ -7,7 +7,7 @@ choice is the h most important heads plus as many of the most important neurons 
 budget pays for; sweeping h = 0 .. L*H therefore solves it exactly. By default every layer keeps at
 least one head and one neuron (min_per_layer; still exact): prunekit removes a sublayer with no units
 outright, LayerNorm and bias included, where the reference's masked model kept both, and on MiniLM
-an empty top FFN collapsed MRPC to the majority class (dev F1 81.2, vs 83.4 with one neuron kept).
+an empty top FFN collapsed MRPC to the majority class (bench/results/posttrain.md, last note).
 
 Latency (search_latency). Block latency is modelled per layer as a piecewise-linear function of the
 unit count (fit_piecewise_linear): flat at c up to T units (the hardware is under-used anyway), then
