@@ -1,5 +1,14 @@
 """Training speed of MiniLM on SST-2: seconds per step with plain shuffled batches vs length-grouped
-batches (both with dynamic padding), and the epoch time each implies.
+batches (both with dynamic padding), and the epoch time each implies; with --paths, the training
+paths (kernels x precision) against eager fp32 on fixed shapes.
+
+    python bench/train_speed.py --paths --out bench/results/train_speed      # -> train_speed_paths.{md,json}
+
+--paths: a fine-tuning step (Trainer.train_step) and a CoFi pruning step (CoFiTrainer.train_step: teacher
+forward, student forward under a fresh sample of all five masks, distillation, backward, three
+optimiser steps) of MiniLM at batch 32 and sequence 64 and 128 (every token real), for eager fp32
+(kernels=torch, the exact reference), sdpa fp32, eager bf16 and sdpa bf16, one step of each in turn
+per round (interleaved), median of the rounds.
 
 Steps are sampled evenly across one epoch's batch plan, so their lengths follow the epoch's; each
 is a full train_step (forward, backward, clipping, AdamW, schedule) of prunekit's Trainer.
@@ -48,13 +57,78 @@ def measure(task, group_by_length: bool, steps: int, batch_size: int, warmup: in
             "epoch_minutes_estimate": round(sps * len(plan) / 60, 1)}
 
 
+PATHS = [("torch", "fp32"), ("sdpa", "fp32"), ("torch", "bf16"), ("sdpa", "bf16")]
+
+
+def paths(rounds: int, batch_size: int, seqs=(64, 128), out=None):
+    """Seconds per step of each (kernels, precision) path; see the module docstring."""
+    import copy
+    import statistics
+    from prunekit.cofi import CoFiConfig, ExpectedCost, Gates, Target
+    from prunekit.cofi.distill import LayerDistiller, teacher_layers
+    from prunekit.cofi.pipeline import train_args
+    from prunekit.cofi.trainer import CoFiTrainer
+    from prunekit.data import Task
+    from prunekit.machine import cpu_flags, load_average
+    base = prunekit.load_model("minilm", num_labels=2)
+    g = torch.Generator().manual_seed(0)
+    rows, load = [], load_average()
+    for S in seqs:
+        ex = [{"input_ids": torch.randint(1000, 20000, (S,), generator=g).tolist(), "token_type_ids": [0] * S,
+               "label": i % 2} for i in range(batch_size)]
+        task = Task("synthetic", 2, False, ["a", "b"], ex, {"dev": ex[:4]})
+        batch = collate(ex)
+        trainers = {}
+        for kernels, precision in PATHS:
+            args = TrainArgs(output="unused", batch_size=batch_size, kernels=kernels, precision=precision)
+            trainers["finetune", kernels, precision] = Trainer(copy.deepcopy(base).train(), task, args)
+            cfg = CoFiConfig(kernels=kernels, precision=precision, progress=False)
+            teacher = copy.deepcopy(base).set_kernels(kernels)
+            trainers["cofi", kernels, precision] = CoFiTrainer(
+                copy.deepcopy(base).train(), teacher, task, train_args(cfg, Path("unused"), 1000, 10, 2e-5), cfg,
+                LayerDistiller(384, teacher_layers(6)), Gates(base.config), ExpectedCost(base.config, "sparsity"),
+                Target("sparsity", 0.6), 0, 100)
+        for t in trainers.values():  # warm-up
+            t.train_step(batch)
+        times = {k: [] for k in trainers}
+        for r in range(rounds):
+            keys = list(trainers)
+            keys = keys[r % len(keys):] + keys[:r % len(keys)]
+            for k in keys:
+                start = time.perf_counter()
+                trainers[k].train_step(batch)
+                times[k].append(time.perf_counter() - start)
+        for (step, kernels, precision), t in times.items():
+            med = statistics.median(t)
+            rows.append({"seq": S, "step": step, "kernels": kernels, "precision": precision, "median_s": med,
+                         "speedup_vs_eager_fp32": statistics.median(times[step, "torch", "fp32"]) / med})
+    info = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                       f"{torch.get_num_threads()} threads, native bf16: {bool(cpu_flags() & {'avx512_bf16', 'amx_bf16'})}",
+            "load_before": load, "load_after": load_average(), "rounds": rounds, "batch_size": batch_size, "rows": rows}
+    lines = ["# Training step speed by path (MiniLM, batch {}, every token real)".format(batch_size), "",
+             f"`python bench/train_speed.py --paths --rounds {rounds}`; {info['machine']}; load average before "
+             f"{load}, after {info['load_after']}. Median of {rounds} interleaved rounds.", "",
+             "| seq | step | kernels | precision | s/step | speed-up vs eager fp32 |", "|---:|---|---|---|---:|---:|"]
+    lines += [f"| {r['seq']} | {r['step']} | {r['kernels']} | {r['precision']} | {r['median_s']:.3f} | "
+              f"{r['speedup_vs_eager_fp32']:.2f}× |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        Path(out).with_name(Path(out).name + "_paths.md").write_text(text)
+        Path(out).with_name(Path(out).name + "_paths.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--paths", action="store_true", help="time the training paths (kernels x precision) instead")
+    p.add_argument("--rounds", type=int, default=8, help="--paths: interleaved rounds (default 8)")
     p.add_argument("--steps", type=int, default=40, help="timed steps per mode (default 40)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", help="write the results as JSON here")
     add_glue_dir_option(p)
     a = p.parse_args()
+    if a.paths:
+        return paths(a.rounds, a.batch_size, out=a.out)
     glue_dir = require_glue_dir(a.glue_dir, ["sst2"], "bench/train_speed.py")
     load_before = open("/proc/loadavg").read().split()[:3]  # other processes on the machine slow every step
     tok = prunekit.load_model("minilm").tokenizer

@@ -175,3 +175,15 @@ def test_export_uses_the_eager_graph_whatever_the_kernels(tmp_path):
     model = tiny_model(hidden_size=32, head_dim=16, num_heads=[2, 2], ffn_dim=[24, 24]).set_kernels("triton")
     graph = torch_to_onnx(copy.deepcopy(model), tmp_path / "m.onnx")
     assert "Softmax" in {n.op_type for n in graph.graph.node}  # the eager attention, not a custom call
+
+
+def test_kernel_benchmark_without_cuda_says_so_and_exits_0(capsys):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("bench_kernels", Path(__file__).parents[1] / "bench" / "kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: bench/kernels.py would time the kernels")
+    assert bench.main([]) == 0
+    assert "no CUDA GPU here" in capsys.readouterr().out
