@@ -145,7 +145,10 @@ def load_model(name_or_dir: str, num_labels: int | None = None) -> PrunekitBertF
     hf = read_config(path)
     model_type = hf.get("model_type")
     if model_type == PrunekitBertConfig.model_type:
-        read_weights(path)  # a clear error for missing or corrupt weights before transformers sees them
+        if not ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()):
+            pickles = " (it has pickle weights, which prunekit never loads)" if list(path.glob("*.bin")) else ""
+            raise PrunekitError(f"{path} has no model.safetensors{pickles}")
+        read_weights(path)  # a clear error for corrupt weights before transformers sees them
         model = PrunekitBertForSequenceClassification.from_pretrained(str(path))
         if num_labels is not None and num_labels != model.config.num_labels:
             raise PrunekitError(f"{path} has {model.config.num_labels} labels, not {num_labels}")

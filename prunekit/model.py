@@ -340,7 +340,12 @@ class PrunekitBertForSequenceClassification(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Rebuild a (compact) model from its own config; the dense model is never needed."""
+        """Rebuild a (compact) model from its own config; the dense model is never needed. Weights are
+        read from safetensors only: a pickle (pytorch_model.bin) is never loaded, even beside other
+        .safetensors files such as masks.safetensors."""
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("prunekit models load from safetensors only (use_safetensors=False is refused)")
+        kwargs["use_safetensors"] = True
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if os.path.isdir(pretrained_model_name_or_path):
             model.tokenizer = load_tokenizer(pretrained_model_name_or_path)

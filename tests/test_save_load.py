@@ -93,3 +93,26 @@ def test_corrupt_or_pickle_only_weights_are_refused(tmp_path):
     (tmp_path / "m" / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(prunekit.PrunekitError, match="pickle"):
         prunekit.load_model(tmp_path / "m")
+
+
+def test_a_pickle_beside_a_masks_file_is_never_loaded(tmp_path, monkeypatch):
+    """model.safetensors gone, pytorch_model.bin and masks.safetensors there: refused, torch.load never called."""
+    import pickle
+    from prunekit.errors import PrunekitError
+    d = tmp_path / "m"
+    model = tiny_model()
+    model.save_pretrained(d)
+    (d / "model.safetensors").unlink()
+    torch.save(model.state_dict(), d / "pytorch_model.bin")
+    Masks(z_mha=torch.ones(3)).save(d / "masks.safetensors")
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("a pickle was opened")
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    monkeypatch.setattr(pickle, "load", no_unpickling)
+    with pytest.raises(PrunekitError, match="no model.safetensors .it has pickle weights, which prunekit never loads"):
+        prunekit.load_model(str(d))
+    with pytest.raises((OSError, EnvironmentError)):  # the Auto path too: transformers is told safetensors only
+        type(model).from_pretrained(str(d))
+    with pytest.raises(ValueError, match="safetensors only"):
+        type(model).from_pretrained(str(d), use_safetensors=False)
