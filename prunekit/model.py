@@ -73,15 +73,18 @@ def masked_layer_norm(x: torch.Tensor, norm: nn.LayerNorm, keep: torch.Tensor | 
     """LayerNorm with mean and variance over the kept hidden dims only (keep: (d,) of 0/1).
 
     This is what makes a hidden-masked model equal the compact model whose LayerNorm runs over the
-    smaller width. Values at pruned dims are junk here and get zeroed by the caller's * z_hidden.
+    smaller width. Values at pruned dims are 0 here (and the caller's * z_hidden zeroes them anyway).
     """
     if keep is None:
         return norm(x)
-    n = keep.sum().clamp(min=1.0)
-    mean = (x * keep).sum(-1, keepdim=True) / n
-    centred = (x - mean) * keep
-    var = (centred * centred).sum(-1, keepdim=True) / n
-    return centred * torch.rsqrt(var + norm.eps) * norm.weight + norm.bias
+    # Masks only ever come in training and pruning (never in an exported graph), so the kept dims may
+    # be looked up: LayerNorm runs fused over those columns alone, and the dropped ones are left 0.
+    idx = torch.nonzero(keep, as_tuple=True)[0]
+    if len(idx) == x.shape[-1]:
+        return norm(x)
+    y = x.new_zeros(x.shape)
+    y[..., idx] = F.layer_norm(x[..., idx], (len(idx),), norm.weight[idx], norm.bias[idx], norm.eps)
+    return y
 
 
 class Residual(nn.Module):

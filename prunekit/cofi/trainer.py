@@ -102,7 +102,7 @@ class CoFiTrainer(Trainer):
         s = self.settings
         inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
         labels = batch.get("labels") if s.alpha_task > 0 else None
-        with torch.no_grad():
+        with torch.no_grad():  # the teacher only gives targets
             t_out = self.teacher(**inputs, output_hidden_states=True)
         s_out = self.model(**inputs, labels=labels, masks=masks, output_hidden_states=True)
         present = present_layers(self.model.config, masks)
