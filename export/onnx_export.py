@@ -51,7 +51,7 @@ class LogitsOnly(nn.Module):
 
 
 def trace_inputs(config, batch: int = 2, seq: int = 8) -> tuple:
-    seq = min(seq, config.max_position_embeddings)
+    seq = min(seq, config.longest_sequence)
     ids = torch.randint(1, config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
     return ids, torch.ones_like(ids), torch.zeros_like(ids)
 

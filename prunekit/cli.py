@@ -4,6 +4,7 @@ import argparse
 import json
 import shlex
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -458,6 +459,7 @@ def main(argv=None) -> int:
 
     from .errors import PrunekitError
     hf_logging.disable_progress_bar()  # transformers' per-load "Loading weights" bar is noise here
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"  # one line each
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     try:

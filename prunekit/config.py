@@ -8,6 +8,18 @@ A compact model is just a config whose per-layer lists are smaller:
   pooler_size       -> width of the pooler output, which the classifier reads; it stays at the
                        teacher's width when the hidden size shrinks
 It subclasses transformers' PretrainedConfig so that Auto classes and save_pretrained work.
+
+BERT's relatives differ only outside the layers, so a few switches describe them (checkpoints.py sets
+them from the HF config; each was checked against transformers' own modelling code, tests/
+test_architectures.py):
+  arch                      bert, roberta, distilbert or electra: where the weights came from
+  positions_from_padding    RoBERTa: position ids count real tokens from pad_token_id + 1, padding
+                            keeps pad_token_id
+  type_vocab_size = 0       DistilBERT: no token-type embedding
+  embedding_size            ELECTRA: embeddings this wide, then a projection to hidden_size (None: hidden_size)
+  position_embedding_type   absolute (learned) or sinusoidal (DistilBERT's option: a fixed table)
+  pooler_activation         tanh (BERT, RoBERTa's head), gelu (ELECTRA's head), relu (DistilBERT's pre_classifier)
+  pooler_input_dropout      RoBERTa and ELECTRA heads drop out the first token before their dense layer
 """
 from transformers import PretrainedConfig
 
@@ -31,6 +43,12 @@ class PrunekitBertConfig(PretrainedConfig):
         classifier_dropout: float | None = None,
         initializer_range: float = 0.02,
         pad_token_id: int = 0,
+        arch: str = "bert",
+        positions_from_padding: bool = False,
+        embedding_size: int | None = None,
+        position_embedding_type: str = "absolute",
+        pooler_activation: str = "tanh",
+        pooler_input_dropout: bool = False,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -50,11 +68,25 @@ class PrunekitBertConfig(PretrainedConfig):
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
         self.classifier_dropout = classifier_dropout
         self.initializer_range = initializer_range
+        self.arch = arch
+        self.positions_from_padding = positions_from_padding
+        self.embedding_size = embedding_size
+        self.position_embedding_type = position_embedding_type
+        self.pooler_activation = pooler_activation
+        self.pooler_input_dropout = pooler_input_dropout
+        if pooler_activation not in ("tanh", "gelu", "relu") or position_embedding_type not in ("absolute", "sinusoidal"):
+            raise ValueError(f"unknown pooler_activation {pooler_activation!r} or position_embedding_type "
+                             f"{position_embedding_type!r}")
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 
     @property
     def num_layers(self) -> int:
         return len(self.num_heads)
+
+    @property
+    def longest_sequence(self) -> int:
+        """The longest sequence the position table covers (RoBERTa's count from pad_token_id + 1)."""
+        return self.max_position_embeddings - (self.pad_token_id + 1 if self.positions_from_padding else 0)
 
     @property
     def is_regression(self) -> bool:

@@ -119,23 +119,42 @@ def sublayer_alive(layer_gate, units) -> torch.Tensor | None:
 
 
 class Embeddings(nn.Module):
+    """Word + position (+ token type) embeddings, LayerNorm, dropout; with ELECTRA's embedding_size a
+    projection to the hidden size follows, and z_hidden then applies to its output only."""
+
     def __init__(self, config: PrunekitBertConfig):
         super().__init__()
         d = config.hidden_size
-        self.word = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
-        self.position = nn.Embedding(config.max_position_embeddings, d)
-        self.token_type = nn.Embedding(config.type_vocab_size, d)
-        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        E = config.embedding_size or d
+        self.positions_from_padding, self.pad = config.positions_from_padding, config.pad_token_id
+        self.word = nn.Embedding(config.vocab_size, E, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, E)
+        if config.position_embedding_type == "sinusoidal":
+            self.position.weight.requires_grad_(False)  # a fixed table (loaded with the weights)
+        self.token_type = nn.Embedding(config.type_vocab_size, E) if config.type_vocab_size > 0 else None
+        self.norm = nn.LayerNorm(E, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.project = nn.Linear(E, d) if E != d else None
+
+    def position_ids(self, input_ids):
+        if self.positions_from_padding:  # RoBERTa: pad, pad + 1, ... over real tokens; padding keeps pad
+            real = (input_ids != self.pad).long()
+            return torch.cumsum(real, dim=1) * real + self.pad                           # (B, S)
+        return torch.arange(input_ids.shape[1], device=input_ids.device)                # (S,)
 
     def forward(self, input_ids, token_type_ids, m: LayerMasks | None = None):
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)            # (S,)
-        x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(positions)  # (B, S, d)
-        if m is not None and m.hidden is not None:
-            x = x * m.hidden
+        x = self.word(input_ids) + self.position(self.position_ids(input_ids))           # (B, S, E)
+        if self.token_type is not None:
+            x = x + self.token_type(token_type_ids)
+        hidden = None if m is None else m.hidden
+        if self.project is not None:                                                      # ELECTRA
+            x = self.project(self.dropout(self.norm(x)))                                  # (B, S, E) -> (B, S, d)
+            return x if hidden is None else x * hidden
+        if hidden is not None:
+            x = x * hidden
         x = self.dropout(masked_layer_norm(x, self.norm, None if m is None else m.keep))
-        if m is not None and m.hidden is not None:
-            x = x * m.hidden
+        if hidden is not None:
+            x = x * hidden
         return x
 
 
@@ -266,7 +285,10 @@ class Encoder(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Layer(config, h, f) for h, f in zip(config.num_heads, config.ffn_dim))
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.pooler_dropout = nn.Dropout(p) if config.pooler_input_dropout else nn.Identity()
         self.pooler = nn.Linear(config.hidden_size, config.pooler_size)
+        self.pooler_activation = {"tanh": torch.tanh, "gelu": F.gelu, "relu": F.relu}[config.pooler_activation]
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, masks=None, output_hidden_states=False):
         if attention_mask is None:
@@ -284,7 +306,7 @@ class Encoder(nn.Module):
         for l, layer in enumerate(self.layers):
             x = layer(x, bias, layer_masks(masks, l, keep))
             states.append(x)
-        pooled = torch.tanh(self.pooler(x[:, 0]))  # the [CLS] token
+        pooled = self.pooler_activation(self.pooler(self.pooler_dropout(x[:, 0])))  # the first ([CLS]) token
         return BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=pooled,
                                           hidden_states=tuple(states) if output_hidden_states else None)
 

@@ -7,7 +7,8 @@ model's forward (model(x, masks=masks)) up to float rounding. Where each mask go
   z_int[l, j]   -> column j of W_down               (the post-GELU activation it scales)
   z_ffn[l]      -> W_down and b_down
   z_hidden      -> pre-LayerNorm:  embedding tables (columns), rows of W_O / b_O and W_down / b_down;
-                   post-LayerNorm: the LayerNorm weight and bias (so the residual stream carries it).
+                   post-LayerNorm: the LayerNorm weight and bias (so the residual stream carries it);
+                   with ELECTRA's embedding projection: its rows (the embeddings themselves stay).
 Then zero heads, zero FFN units, dead sublayers (gate zero or no unit left) and zero hidden dims are
 dropped; everything reading the residual stream (Q, K, V, W_up, pooler) loses those input columns.
 """
@@ -38,11 +39,6 @@ def prune(model, masks: Masks):
         out[f"{new_prefix}.weight"] = src[f"{prefix}.weight"][hid] * zh_kept
         out[f"{new_prefix}.bias"] = src[f"{prefix}.bias"][hid] * zh_kept
 
-    e = "bert.embeddings"
-    for table in ("word", "position", "token_type"):           # columns = hidden dims
-        out[f"{e}.{table}.weight"] = src[f"{e}.{table}.weight"][:, hid] * zh_kept
-    norm(f"{e}.norm", f"{e}.norm")
-
     def linear(name, rows=None, cols=None, row_scale=None, col_scale=None):
         """Keep rows (outputs) and columns (inputs) of a Linear, scaling rows (bias too) and columns."""
         w, bias = src[f"{name}.weight"], src[f"{name}.bias"]
@@ -63,6 +59,17 @@ def prune(model, masks: Masks):
         g = f32(None if gate is None else gate[l], ())
         alive = width > 0 and g != 0 and (z != 0).any()
         return z, g, _nonzero(z if alive else torch.zeros(0, device=dev))
+
+    e = "bert.embeddings"
+    if f"{e}.project.weight" in src:      # ELECTRA: the embeddings stay; their projection's rows are the hidden dims
+        for name in [k for k in src if k.startswith(e) and not k.startswith(f"{e}.project.")]:
+            out[name] = src[name]
+        linear(f"{e}.project", rows=hid, row_scale=zh_kept)
+    else:
+        for table in ("word", "position", "token_type"):       # columns = hidden dims
+            if f"{e}.{table}.weight" in src:
+                out[f"{e}.{table}.weight"] = src[f"{e}.{table}.weight"][:, hid] * zh_kept
+        norm(f"{e}.norm", f"{e}.norm")
 
     dh = cfg.head_dim
     for l in range(cfg.num_layers):

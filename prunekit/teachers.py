@@ -22,14 +22,15 @@ def load_teacher_and_task(teacher: str, task_name: str, data: dict, purpose: str
     """(model, task, warnings): the teacher, and the task's data tokenised by its tokenizer with its
     label names. A label count or label names that differ from the data's are an error; an HF BERT
     checkpoint without classifier weights (so not fine-tuned) is a warning, printed at once."""
-    from .checkpoints import load_model, read_config, read_weights, resolve
+    from .checkpoints import BODY_PREFIX, HF_ARCHS, hf_key_map, load_model, read_config, read_weights, resolve
     from .data import load_task
     from .tokenizer import require_tokenizer
     from .training import check_labels, trained_labels
     warnings = []
     path = resolve(teacher)
-    if read_config(path).get("model_type") == "bert" and "classifier.weight" not in {
-            k.removeprefix("bert.") for k in read_weights(path)}:
+    arch = read_config(path).get("model_type")
+    if arch in HF_ARCHS and hf_key_map(arch, 1)["classifier.weight"] not in {
+            k.removeprefix(BODY_PREFIX[arch]) for k in read_weights(path)}:
         warnings.append(f"{teacher} has no classifier weights: its classifier is freshly initialised, so it is not "
                         f"fine-tuned; {purpose} needs a fine-tuned teacher")
     model = load_model(teacher)

@@ -15,7 +15,6 @@ from prunekit.cofi.sparsity import target_at
 from prunekit.cofi.trainer import present_layers
 from prunekit.config import PrunekitBertConfig
 from prunekit.cost import macs, param_counts
-from prunekit.errors import PrunekitError
 
 QUICK = dict(batch_size=8, progress=False, eval_every=12)  # tiny runs: 12 steps per epoch of 96 examples
 

@@ -5,7 +5,6 @@ Every test that runs ONNX Runtime is marked slow; the int8 SST-2 check needs rea
 import json
 import shutil
 
-import numpy as np
 import onnx
 import pytest
 import torch

@@ -74,7 +74,7 @@ def test_hf_fine_tuned_classifier_keeps_its_head_and_labels(tmp_path):
 @pytest.mark.parametrize("setup,message", [
     (lambda d: None, "not found"),
     (lambda d: d.mkdir(), "no config.json"),
-    (lambda d: (d.mkdir(), (d / "config.json").write_text('{"model_type": "gpt2"}')), "not BERT"),
+    (lambda d: (d.mkdir(), (d / "config.json").write_text('{"model_type": "gpt2"}')), "model_type 'gpt2' is not supported"),
     (lambda d: (d.mkdir(), (d / "config.json").write_text("{oops")), "not valid JSON"),
 ])
 def test_bad_model_directories_give_one_line_errors(tmp_path, setup, message):

@@ -87,7 +87,6 @@ def test_compact_equals_masked_with_exactly_one_head_and_one_unit_left():
 
 def test_fully_masked_sublayer_is_identity():
     model = tiny_model()
-    batch = random_batch()
     x = torch.randn(3, 9, D)
     bias = torch.zeros(3, 1, 1, 9)
     from prunekit.model import LayerMasks
