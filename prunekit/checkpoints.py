@@ -49,9 +49,38 @@ def read_config(path: Path) -> dict:
     if not cfg_file.is_file():
         raise PrunekitError(f"{path} has no config.json: not a model directory")
     try:
-        return json.loads(cfg_file.read_text())
+        config = json.loads(cfg_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PrunekitError(f"{cfg_file} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise PrunekitError(f"{cfg_file} is not a JSON object (it holds a {type(config).__name__})")
+    return config
+
+
+def config_of(path: Path) -> PrunekitBertConfig:
+    """The prunekit config of a model directory (prunekit or HF), without loading its weights."""
+    hf = read_config(path)
+    if hf.get("model_type") == PrunekitBertConfig.model_type:
+        check_prunekit_config(path, hf)
+        return PrunekitBertConfig.from_dict(hf)
+    if hf.get("model_type") in HF_ARCHS:
+        return config_from_hf(hf, None)
+    raise PrunekitError(f"{path}: model_type {hf.get('model_type')!r} is not supported (supported: "
+                        f"{', '.join(HF_ARCHS)}, {PrunekitBertConfig.model_type})")
+
+
+def check_prunekit_config(path: Path, cfg: dict) -> None:
+    """A prunekit config.json that the model can be built from: per-layer lists of the same length,
+    counts that are whole and not negative, a positive width and head size."""
+    heads, ffn = cfg.get("num_heads"), cfg.get("ffn_dim")
+    if not isinstance(heads, list) or not isinstance(ffn, list) or len(heads) != len(ffn) or not heads:
+        raise PrunekitError(f"{path}/config.json: num_heads and ffn_dim must be lists of one entry per layer, of the "
+                            f"same length (got {heads!r} and {ffn!r})")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in heads + ffn):
+        raise PrunekitError(f"{path}/config.json: head counts and FFN widths must be whole numbers >= 0")
+    for key in ("hidden_size", "head_dim", "vocab_size", "max_position_embeddings"):
+        if not (isinstance(cfg.get(key), int) and cfg[key] > 0):
+            raise PrunekitError(f"{path}/config.json: {key} must be a positive whole number, got {cfg.get(key)!r}")
 
 
 def read_weights(path: Path) -> dict:
@@ -198,14 +227,21 @@ def load_hf(path: Path, num_labels: int | None = None) -> PrunekitBertForSequenc
 def load_model(name_or_dir: str, num_labels: int | None = None) -> PrunekitBertForSequenceClassification:
     """Load a model by name ('minilm'), HF BERT directory, prunekit directory or hub id."""
     path = resolve(str(name_or_dir))
+    if (path / "INCOMPLETE").is_file():
+        raise PrunekitError(f"{path} is an unfinished run (interrupted): finish it with --resume before using it")
     hf = read_config(path)
     model_type = hf.get("model_type")
     if model_type == PrunekitBertConfig.model_type:
         if not ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()):
             pickles = " (it has pickle weights, which prunekit never loads)" if list(path.glob("*.bin")) else ""
             raise PrunekitError(f"{path} has no model.safetensors{pickles}")
+        check_prunekit_config(path, hf)
         read_weights(path)  # a clear error for corrupt weights before transformers sees them
-        model = PrunekitBertForSequenceClassification.from_pretrained(str(path))
+        try:
+            model = PrunekitBertForSequenceClassification.from_pretrained(str(path))
+        except (RuntimeError, ValueError, OSError, KeyError) as e:  # e.g. weights of another shape than the config
+            lines = str(e).strip().splitlines()
+            raise PrunekitError(f"{path}: its weights do not fit its config.json ({lines[0] if lines else type(e).__name__})") from e
         if num_labels is not None and num_labels != model.config.num_labels:
             raise PrunekitError(f"{path} has {model.config.num_labels} labels, not {num_labels}")
     elif model_type in HF_ARCHS:

@@ -2,6 +2,8 @@
 function that does the work, and reports. Bad input ends with one line on stderr and exit code 2."""
 import argparse
 import json
+import math
+import os
 import shlex
 import sys
 import warnings
@@ -75,17 +77,21 @@ def cmd_eval(args):
     from .data import load_task
     from .errors import PrunekitError
     from .io import write_json
-    from .training import check_labels, evaluate_task, trained_labels
+    from .training import check_labels, evaluate_task, resolve_max_length, trained_labels
     set_threads(args)
     check_device(args.device)
+    if args.output and Path(args.output).exists() and not args.overwrite:
+        raise PrunekitError(f"--output {args.output} already exists; pass --overwrite to replace it")
+    if args.output and Path(args.output).is_dir():
+        raise PrunekitError(f"--output {args.output} is a directory; it names the JSON file to write")
     if args.batch_size < 1:
         raise PrunekitError(f"--batch-size must be >= 1, got {args.batch_size}")
     predict, tokenizer, config = load_predictor(args.model, args.device)
+    data = {**data_args(args), "max_length": resolve_max_length(config, args.max_length, model_name=args.model)}
     task_name = args.task or getattr(config, "finetuning_task", None)
     if not task_name:
         raise PrunekitError(f"{args.model} does not say which task it was trained on: give --task")
-    task = load_task(task_name, tokenizer, with_train=False, labels=trained_labels(config),
-                     **data_args(args))
+    task = load_task(task_name, tokenizer, with_train=False, labels=trained_labels(config), **data)
     check_labels(config, task)
     start = time.perf_counter()
     metrics = evaluate_task(predict, task, args.batch_size)
@@ -286,7 +292,8 @@ def add_data_options(p, train: bool):
     p.add_argument("--dev-file", help="custom dev data (.tsv, .csv or .jsonl)")
     p.add_argument("--text-columns", help="custom data: one or two text columns, comma-separated (e.g. premise,hypothesis)")
     p.add_argument("--label-column", help="custom data: the label column (default: label)")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per example, truncating longer ones (default 128)")
+    p.add_argument("--max-length", type=int, help="tokens per example, truncating longer ones (default 128, or the "
+                   "model's limit if that is shorter)")
     p.add_argument("--device", default=default_device(), help="cpu or cuda (default: %(default)s)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core); "
                    "1 is much faster when other jobs share the cores")
@@ -307,6 +314,51 @@ def add_speed_options(p, defaults: dict, precision: bool = True):
 def default_device() -> str:
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def number(kind, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: a finite int or float within [low, high] (or open ends); else a usage error."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        bad = not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) or \
+            (high is not None and (value >= high if high_open else value > high))
+        if bad:
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+            hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range (must be finite{', ' if lo or hi else ''}"
+                                             f"{' and '.join(x for x in (lo, hi) if x)})")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT, POSITIVE, NON_NEGATIVE = number(int, 1), number(float, 0, low_open=True), number(float, 0)
+FRACTION = number(float, 0, 1, low_open=True, high_open=True)
+# every numeric option of every verb, by its dest: checked as it is parsed, before any work
+NUMERIC = {
+    "seq_len": POSITIVE_INT, "max_length": number(int, 2), "threads": POSITIVE_INT, "epochs": POSITIVE,
+    "lr": POSITIVE, "batch_size": POSITIVE_INT, "weight_decay": NON_NEGATIVE, "warmup_ratio": number(float, 0, 1,
+    high_open=True), "max_steps": POSITIVE_INT, "max_train_samples": POSITIVE_INT, "eval_every": POSITIVE_INT,
+    "save_every": POSITIVE_INT, "num_samples": POSITIVE_INT, "latency_batch": POSITIVE_INT,
+    "latency_seq_len": number(int, 2), "latency_threads": POSITIVE_INT, "opset": number(int, 14, 20),
+    "macs": FRACTION, "latency": FRACTION, "target_sparsity": FRACTION, "prune_epochs": NON_NEGATIVE,
+    "finetune_epochs": NON_NEGATIVE, "pre_prune_epochs": NON_NEGATIVE, "lagrangian_warmup": number(float, 0, 1),
+    "finetune_lr": POSITIVE, "reg_lr": POSITIVE, "temperature": POSITIVE, "alpha_pred": NON_NEGATIVE,
+    "alpha_layer": NON_NEGATIVE, "alpha_task": NON_NEGATIVE, "sparsity_epsilon": NON_NEGATIVE,
+}
+
+
+def check_numbers(parser):
+    """Give every numeric option its range-checking type (NUMERIC), in every sub-parser."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                check_numbers(sub)
+        elif action.dest in NUMERIC and action.type in (int, float):
+            action.type = NUMERIC[action.dest]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -366,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(p, train=False)
     p.add_argument("--batch-size", type=int, default=128, help="default 128")
     p.add_argument("--output", help="also write the metrics to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="export a model to ONNX, validated against PyTorch (optionally fused, int8, fp16)")
@@ -451,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", choices=("fp32", "bf16"), help=f"forward passes in bf16 autocast, weights, gates "
                    f"and lambda in fp32 (default {K['precision']})")
     p.set_defaults(func=cmd_compress, max_length=None)
+    check_numbers(parser)
     return parser
 
 
@@ -475,7 +529,20 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"prunekit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # whatever broke underneath (OSError, torch, ORT...): still one line, exit 2
+        if os.environ.get("PRUNEKIT_DEBUG"):
+            raise
+        print(f"prunekit {args.command}: error: {describe(e)} (PRUNEKIT_DEBUG=1 shows where)", file=sys.stderr)
+        return 2
     return 0
+
+
+def describe(e: BaseException) -> str:
+    """One line for an exception that is not prunekit's own."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    text = str(e).strip().splitlines()
+    return f"{text[0] if text else ''} ({type(e).__name__})".strip()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
   output_dir(path)       a whole directory built beside `path`, swapped in when the block succeeds
   staged_into(dir)       files built in a temp dir, then moved into an existing directory one by one
                          (save_pretrained into a run directory that holds other files)
-Temp names start with a dot and say `.tmp-`, so a killed writer's leftovers are recognisable.
+Temp names are `.<name>.tmp-<pid>-...` (and `.<name>.old-<pid>` while a directory is swapped), so a
+killed writer's leftovers are recognisable: every helper removes those of dead processes first.
 """
 import json
 import os
@@ -17,9 +18,34 @@ from pathlib import Path
 from .errors import PrunekitError
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(final: Path) -> list[Path]:
+    """Remove the temp files and directories that killed writers of `final` left beside it."""
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for kind in ("tmp", "old"):
+        for p in final.parent.glob(f".{final.name}.{kind}-*"):
+            pid = p.name[len(f".{final.name}.{kind}-"):].split("-")[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
 def _temp_dir_beside(final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    clean_leftovers(final)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
 
 
 @contextmanager
@@ -27,6 +53,7 @@ def atomic_file(path):
     """Yield a temp path beside `path`; when the block succeeds it is renamed to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp

@@ -14,6 +14,7 @@ dropped; everything reading the residual stream (Q, K, V, W_up, pooler) loses th
 """
 import torch
 
+from .errors import PrunekitError
 from .masks import Masks
 
 
@@ -98,6 +99,10 @@ def prune(model, masks: Masks):
     out["classifier.weight"] = src["classifier.weight"]
     out["classifier.bias"] = src["classifier.bias"]
 
+    bad = [name for name, t in out.items() if not torch.isfinite(t).all()]
+    if bad:  # e.g. mask values of 1e38: the masked model computed inf or NaN too
+        raise PrunekitError(f"the mask values make folded weights non-finite ({', '.join(bad[:3])}"
+                            f"{', ...' if len(bad) > 3 else ''}): refusing to save a model that computes inf or NaN")
     new_cfg = type(cfg).from_dict({**cfg.to_dict(), "hidden_size": len(hid), "num_heads": num_heads,
                                    "ffn_dim": ffn_dim, "pooler_size": cfg.pooler_size})
     compact = type(model)(new_cfg)

@@ -18,14 +18,15 @@ def check_output(output, overwrite: bool) -> None:
         raise PrunekitError(f"--output {output} is a file")
 
 
-def load_teacher_and_task(teacher: str, task_name: str, data: dict, purpose: str):
+def load_teacher_and_task(teacher: str, task_name: str, data: dict, purpose: str, default_max_length: int = 128):
     """(model, task, warnings): the teacher, and the task's data tokenised by its tokenizer with its
-    label names. A label count or label names that differ from the data's are an error; an HF BERT
-    checkpoint without classifier weights (so not fine-tuned) is a warning, printed at once."""
+    label names. A label count or label names that differ from the data's are an error; an HF
+    checkpoint without classifier weights (so not fine-tuned) is a warning, printed at once.
+    data["max_length"] is set to the length used (given, or the default cut to the model's limit)."""
     from .checkpoints import BODY_PREFIX, HF_ARCHS, hf_key_map, load_model, read_config, read_weights, resolve
     from .data import load_task
     from .tokenizer import require_tokenizer
-    from .training import check_labels, trained_labels
+    from .training import check_labels, resolve_max_length, trained_labels
     warnings = []
     path = resolve(teacher)
     arch = read_config(path).get("model_type")
@@ -35,6 +36,7 @@ def load_teacher_and_task(teacher: str, task_name: str, data: dict, purpose: str
                         f"fine-tuned; {purpose} needs a fine-tuned teacher")
     model = load_model(teacher)
     require_tokenizer(model.tokenizer, teacher, f"{purpose} reads the task's text")
+    data["max_length"] = resolve_max_length(model.config, data.get("max_length"), default_max_length, teacher)
     task = load_task(task_name, model.tokenizer, labels=trained_labels(model.config), **data)
     check_labels(model.config, task)
     for w in warnings:

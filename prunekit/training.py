@@ -40,6 +40,7 @@ from .metrics import compute_metrics, main_metric
 from .timing import Stopwatch
 
 LAST = "last"
+INCOMPLETE = "INCOMPLETE"  # in a run directory while the run is under way: it is not a finished model
 # settings that must not change between a run and its resumption
 RESUME_KEYS = ("epochs", "lr", "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm", "seed", "max_steps",
                "group_by_length")
@@ -131,6 +132,17 @@ class TrainArgs:
     precision: str = "fp32"           # fp32, or bf16 autocast (fp32 master weights) where the hardware has it
     device: str = "cpu"
     progress: bool = True             # tqdm bars
+
+
+def resolve_max_length(config, max_length, default: int = 128, model_name="the model") -> int:
+    """The tokens per example: the one asked for, which must fit the model's position table (else an
+    IndexError deep in the embedding), or the default, cut to what the model can take."""
+    if max_length is None:
+        return min(default, config.longest_sequence)
+    if max_length > config.longest_sequence:
+        raise PrunekitError(f"--max-length {max_length} is longer than {model_name} can take "
+                            f"({config.longest_sequence} positions)")
+    return max_length
 
 
 def trained_labels(config) -> list | None:
@@ -255,6 +267,9 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         """Train to the end (or resume from <output>/last), then return the metrics summary."""
         a = self.args
+        if resume and not (self.out / LAST / "state.json").is_file() and (self.out / INCOMPLETE).is_file():
+            print(f"{self.out}: interrupted before its first checkpoint; starting again from step 0", file=sys.stderr)
+            resume = False
         if resume:
             self.load_checkpoint()
         else:
@@ -264,6 +279,7 @@ class Trainer:
                                                       "total_steps": self.total_steps,
                                                       "train_examples": len(self.task.train)})
             (self.out / "log.jsonl").write_text("")
+        (self.out / INCOMPLETE).write_text("an interrupted run: continue it with --resume\n")
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.name} {self.task.name}", unit="step",
                    disable=not a.progress, mininterval=bar_interval())
@@ -292,6 +308,7 @@ class Trainer:
                    "seconds_per_step": round(self.train_seconds / max(1, self.step), 4)}
         write_json(self.out / "metrics.json", summary)
         shutil.rmtree(self.out / LAST, ignore_errors=True)  # the run is complete; nothing left to resume
+        (self.out / INCOMPLETE).unlink(missing_ok=True)
         return summary
 
     def evaluate(self) -> dict:
@@ -394,7 +411,7 @@ def check_train_args(args: TrainArgs):
         raise PrunekitError(f"these settings must be finite and positive: {', '.join(bad)}")
 
 
-RUN_MARKS = ("train_args.json", "config.json", LAST, "report.json", "prune")  # what a prunekit run directory holds
+RUN_MARKS = ("train_args.json", "config.json", LAST, "report.json", "prune", INCOMPLETE)  # what a prunekit run directory holds
 
 
 def prepare_output(output, resume: bool, overwrite: bool) -> Path:
@@ -427,9 +444,12 @@ def finetune(model_name: str, task_name: str, args: TrainArgs, resume: bool = Fa
     from .checkpoints import load_model, resolve
     from .data import load_task
     from .tokenizer import load_tokenizer, require_tokenizer
+    from .checkpoints import config_of
     check_train_args(args)
     prepare_output(args.output, resume, overwrite)
-    tokenizer = require_tokenizer(load_tokenizer(resolve(model_name)), model_name, "fine-tuning reads text")
+    path = resolve(model_name)
+    data = {**data, "max_length": resolve_max_length(config_of(path), data.get("max_length"), model_name=model_name)}
+    tokenizer = require_tokenizer(load_tokenizer(path), model_name, "fine-tuning reads text")
     task = load_task(task_name, tokenizer, **data)
     torch.manual_seed(args.seed)  # a fresh classifier head starts the same way for a given seed
     model = load_model(model_name, num_labels=task.num_labels)

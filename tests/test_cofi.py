@@ -366,15 +366,16 @@ def test_cofi_verb_resumes_an_interrupted_run_and_refuses_to_resume_nothing(tiny
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--target-sparsity", "1.5"], "--target-sparsity must be strictly between 0 and 1"),
-    (["--target-sparsity", "0"], "--target-sparsity must be strictly between 0 and 1"),
-    (["--macs", "-0.2"], "--macs must be strictly between 0 and 1"),
+    (["--target-sparsity", "1.5"], "argument --target-sparsity: 1.5 is out of range (must be finite, > 0 and < 1)"),
+    (["--target-sparsity", "0"], "argument --target-sparsity: 0 is out of range"),
+    (["--macs", "-0.2"], "argument --macs: -0.2 is out of range"),
     (["--target-sparsity", "0.5", "--macs", "0.5"], "give exactly one target"),
     ([], "give exactly one target"),
     (["--target-sparsity", "0.5", "--latency", "0.5"], "--latency is not an option of --method cofi"),
     (["--target-sparsity", "0.5", "--num-samples", "64"], "--num-samples is not an option of --method cofi"),
-    (["--target-sparsity", "0.5", "--lr", "-1"], "invalid CoFi settings: --lr"),
-    (["--target-sparsity", "0.5", "--prune-epochs", "nan"], "invalid CoFi settings: --prune-epochs"),
+    (["--target-sparsity", "0.5", "--lr", "-1"], "argument --lr: -1 is out of range (must be finite, > 0)"),
+    (["--target-sparsity", "0.5", "--prune-epochs", "nan"], "argument --prune-epochs: nan is out of range"),
+    (["--target-sparsity", "0.5", "--reg-lr", "x"], "argument --reg-lr: 'x' is not a number"),
     (["--target-sparsity", "0.5", "--distill-layers", "2,x"], "--distill-layers takes layer numbers"),
     (["--target-sparsity", "0.5", "--distill-layers", "7"], "distill layers must be between 0 and 2"),
     (["--target-sparsity", "0.5", "--resume", "--overwrite"], "contradict"),

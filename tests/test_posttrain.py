@@ -412,9 +412,9 @@ def test_compress_verb_writes_a_compact_model_that_equals_the_masked_teacher(tin
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--macs", "1.5"], "strictly between 0 and 1"),
-    (["--macs", "0"], "strictly between 0 and 1"),
-    (["--latency", "-0.2"], "strictly between 0 and 1"),
+    (["--macs", "1.5"], "argument --macs: 1.5 is out of range (must be finite, > 0 and < 1)"),
+    (["--macs", "0"], "argument --macs: 0 is out of range"),
+    (["--latency", "-0.2"], "argument --latency: -0.2 is out of range"),
     (["--macs", "0.5", "--num-samples", "8"], "fewer than one batch"),
     (["--macs", "0.5", "--latency", "0.5"], "exactly one budget"),
     ([], "exactly one budget"),

@@ -351,8 +351,9 @@ def run(teacher: str, task_name: str, output: str, target: Target, config: CoFiC
             raise PrunekitError(f"nothing to resume in {output}: no prune/ checkpoint of an interrupted CoFi run")
     else:
         prepare_output(output, resume=False, overwrite=overwrite)
-    data = {**(data or {}), "max_length": (data or {}).get("max_length") or config.max_length}
-    model, task, warnings = load_teacher_and_task(teacher, task_name, data, purpose="CoFi")
+    data = dict(data or {})
+    model, task, warnings = load_teacher_and_task(teacher, task_name, data, purpose="CoFi",
+                                                  default_max_length=config.max_length)
     compact, masks, report = compress(model, task, target, out, config, resume=resume, warnings=warnings)
     report = {"teacher": str(teacher), "max_length": data["max_length"],
               "command": command or " ".join(sys.argv), **report}

@@ -140,6 +140,8 @@ def load_or_measure(config, batch: int, seq_len: int, cache_path=None, device: s
 
 
 def _read_cache(path: Path) -> dict:
+    if path.is_dir():
+        raise PrunekitError(f"latency table cache {path} is a directory; --lut-cache names a JSON file")
     if not path.is_file():
         return {}
     try:

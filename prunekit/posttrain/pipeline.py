@@ -440,9 +440,8 @@ def run(teacher: str, task_name: str, output: str, constraint: Constraint, confi
         raise PrunekitError("give --task")
     check_output(output, overwrite)
     data = dict(data or {})
-    if data.get("max_length") is None:
-        data["max_length"] = default_max_length(task_name)
-    model, task, warnings = load_teacher_and_task(teacher, task_name, data, purpose="post-training pruning")
+    model, task, warnings = load_teacher_and_task(teacher, task_name, data, purpose="post-training pruning",
+                                                  default_max_length=default_max_length(task_name))
     n_warned = len(warnings)
     compact, tuned, report = compress(model, task, constraint, config, warnings=warnings)
     for w in warnings[n_warned:]:
