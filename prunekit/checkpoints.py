@@ -199,6 +199,7 @@ def load_hf(path: Path, num_labels: int | None = None) -> PrunekitBertForSequenc
     prunekit model. A checkpoint without a classification head gets a freshly initialised one."""
     hf = read_config(path)
     arch = hf.get("model_type")
+    config_from_hf(hf, None)  # a config that cannot be used is reported before the weights are read
     prefix = BODY_PREFIX[arch]
     weights = {k.removeprefix(prefix): v for k, v in read_weights(path).items()}
     head = hf_key_map(arch, 1)["classifier.weight"]

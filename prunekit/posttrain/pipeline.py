@@ -32,6 +32,7 @@ measures the alternatives, bench/results/posttrain.md has the figures):
 import math
 import sys
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -76,6 +77,8 @@ class Constraint:
             raise PrunekitError("--latency-batch must be >= 1 and --latency-seq-len >= 2")
         if self.kind == "latency" and self.latency_threads is not None and self.latency_threads < 1:
             raise PrunekitError(f"--latency-threads must be >= 1, got {self.latency_threads}")
+        if self.lut_cache is not None and Path(self.lut_cache).is_dir():
+            raise PrunekitError(f"--lut-cache {self.lut_cache} is a directory; it names the JSON file of the tables")
 
 
 @dataclass
