@@ -54,8 +54,10 @@ def cmd_finetune(args):
     summary = finetune(args.model, args.task, train_args, resume=args.resume, overwrite=args.overwrite,
                        **data_args(args), max_train_samples=args.max_train_samples)
     best, metric = summary["best"], summary["main_metric"]
-    print(f"best {metric} {best[metric]:.4f} at step {best['step']} of {summary['steps']}; "
-          f"model in {args.output} ({summary['train_seconds']:.0f} s training, {summary['seconds_per_step']:.3f} s/step)")
+    from .distributed import is_main
+    if is_main():
+        print(f"best {metric} {best[metric]:.4f} at step {best['step']} of {summary['steps']}; model in "
+              f"{args.output} ({summary['train_seconds']:.0f} s training, {summary['seconds_per_step']:.3f} s/step)")
 
 
 def load_predictor(model_dir, device="cpu"):
@@ -177,7 +179,10 @@ def cmd_compress(args):
 
 
 def cmd_post_training(args):
+    from .distributed import world_size
     from .errors import PrunekitError
+    if world_size() > 1:
+        raise PrunekitError("post-training pruning runs in one process (it takes seconds): run it without torchrun")
     from .posttrain.pipeline import Constraint, PostTrainConfig, run
     if (args.macs is None) == (args.latency is None):
         raise PrunekitError("give exactly one budget: --macs FRACTION or --latency FRACTION (the part kept, in (0, 1))")
@@ -213,7 +218,9 @@ def cmd_cofi(args):
         raise PrunekitError("--resume and --overwrite contradict each other")
     report = run(args.teacher, args.task, args.output, target.check(), CoFiConfig(device=args.device, **options),
                  data=data_args(args), overwrite=args.overwrite, resume=args.resume, command=args.command_line)
-    print(summarise_cofi(report, args.output))
+    from .distributed import is_main
+    if is_main():
+        print(summarise_cofi(report, args.output))
 
 
 def summarise_cofi(r: dict, output) -> str:
@@ -522,6 +529,10 @@ def main(argv=None) -> int:
     except SystemExit as e:  # usage errors (exit 2) and --help (exit 0) return their code to the caller
         return e.code if isinstance(e.code, int) else 2
     try:
+        from .distributed import init_from_env
+        if init_from_env(getattr(args, "device", "cpu")) and args.command not in ("finetune", "compress"):
+            raise PrunekitError(f"`prunekit {args.command}` runs in one process; torchrun is for finetune and "
+                                "compress --method cofi")
         args.func(args)
     except PrunekitError as e:
         print(f"prunekit {args.command}: error: {e}", file=sys.stderr)

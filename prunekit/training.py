@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from . import distributed
 from .data import Task, batch_indices, collate
 from .errors import PrunekitError
 from .io import output_dir, write_json
@@ -187,6 +188,10 @@ class Trainer:
         check_train_args(args)
         self.model, self.task, self.args = model.to(args.device), task, args
         model.set_kernels(args.kernels)
+        self.net = model  # what the training forward calls: the model, or its DDP wrapper under torchrun
+        if distributed.world_size() > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            self.net = DistributedDataParallel(model, device_ids=None if args.device == "cpu" else [args.device])
         set_task_labels(model.config, task)
         self.out = Path(args.output)
         self.metric = main_metric(task.name)
@@ -210,7 +215,7 @@ class Trainer:
     # -- what is learned (override these) -------------------------------------------------------
     def loss(self, batch) -> torch.Tensor:
         """The training loss of one batch."""
-        return self.model(**batch).loss
+        return self.net(**batch).loss
 
     def parameter_groups(self) -> list[dict]:
         """No weight decay on biases and LayerNorm weights (the BERT recipe)."""
@@ -257,7 +262,7 @@ class Trainer:
             loss = self.loss(batch)
         if not torch.isfinite(loss):
             raise PrunekitError(f"loss became {loss.item()} at step {self.step + 1}; try a lower --lr")
-        loss.backward()
+        loss.backward()  # under DDP the weight gradients are averaged over the processes here
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -270,27 +275,32 @@ class Trainer:
         if resume and not (self.out / LAST / "state.json").is_file() and (self.out / INCOMPLETE).is_file():
             print(f"{self.out}: interrupted before its first checkpoint; starting again from step 0", file=sys.stderr)
             resume = False
+        main = distributed.is_main()  # only rank 0 writes (every rank under a single process)
         if resume:
             self.load_checkpoint()
         else:
-            torch.manual_seed(a.seed)  # dropout
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_json(self.out / "train_args.json", {**asdict(a), "task": self.task.name,
-                                                      "total_steps": self.total_steps,
-                                                      "train_examples": len(self.task.train)})
-            (self.out / "log.jsonl").write_text("")
-        (self.out / INCOMPLETE).write_text("an interrupted run: continue it with --resume\n")
+            torch.manual_seed(a.seed + distributed.rank())  # dropout (each process its own masks)
+            if main:
+                self.out.mkdir(parents=True, exist_ok=True)
+                write_json(self.out / "train_args.json", {**asdict(a), "task": self.task.name,
+                                                          "total_steps": self.total_steps,
+                                                          "train_examples": len(self.task.train),
+                                                          "processes": distributed.world_size()})
+                (self.out / "log.jsonl").write_text("")
+        if main:
+            (self.out / INCOMPLETE).write_text("an interrupted run: continue it with --resume\n")
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.name} {self.task.name}", unit="step",
-                   disable=not a.progress, mininterval=bar_interval())
+                   disable=not a.progress or not main, mininterval=bar_interval())
         while self.step < self.total_steps:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
             plan = batch_indices(self.task.train, a.batch_size, shuffle=True, seed=a.seed + epoch,
                                  group_by_length=a.group_by_length)
             for idx in plan[skip:]:
+                idx = distributed.shard(idx)  # this process's share of the global batch
                 batch = {k: v.to(a.device) for k, v in collate([self.task.train[i] for i in idx]).items()}
                 with self.watch("train"):
-                    self.losses.append(self.train_step(batch))
+                    self.losses.append(distributed.mean(self.train_step(batch)))
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(self.postfix(), refresh=False)
@@ -306,9 +316,11 @@ class Trainer:
                    "final": self.history[-1] if self.history else None, "steps": self.step,
                    "epochs": self.step / self.steps_per_epoch, "train_seconds": round(self.train_seconds, 1),
                    "seconds_per_step": round(self.train_seconds / max(1, self.step), 4)}
-        write_json(self.out / "metrics.json", summary)
-        shutil.rmtree(self.out / LAST, ignore_errors=True)  # the run is complete; nothing left to resume
-        (self.out / INCOMPLETE).unlink(missing_ok=True)
+        if main:
+            write_json(self.out / "metrics.json", summary)
+            shutil.rmtree(self.out / LAST, ignore_errors=True)  # the run is complete; nothing left to resume
+            (self.out / INCOMPLETE).unlink(missing_ok=True)
+        distributed.barrier()
         return summary
 
     def evaluate(self) -> dict:
@@ -330,18 +342,25 @@ class Trainer:
         record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
                   "train_loss": round(train_loss, 5), **self.evaluate()}
         self.history.append(record)
-        with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
         improved = self.eligible(record) and (self.best is None or record[self.metric] > self.best[self.metric])
         if improved:
             self.best = record
+        if not distributed.is_main():
+            return
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if improved:
             self.save_best()
         shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "epoch"))
         (bar.write if bar is not None else print)(f"step {self.step}: {shown}{'  (best)' if improved else ''}")
 
     # -- resumable checkpoint ----------------------------------------------------------------
     def save_checkpoint(self):
-        """<output>/last: weights, optimizer moments, RNG and loop state; built beside it, then swapped in."""
+        """<output>/last: weights, optimizer moments, RNG and loop state; built beside it, then swapped in
+        (by rank 0 under torchrun: every process holds the same weights and optimiser state)."""
+        if not distributed.is_main():
+            distributed.barrier()
+            return
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -362,6 +381,7 @@ class Trainer:
                 "train_seconds": self.train_seconds, "param_groups": groups, "schedulers": schedulers,
                 "extra": self.extra_state(),
                 "args": {k: getattr(self.args, k) for k in RESUME_KEYS}, "total_steps": self.total_steps})
+        distributed.barrier()
 
     def load_checkpoint(self):
         last = self.out / LAST
@@ -446,7 +466,9 @@ def finetune(model_name: str, task_name: str, args: TrainArgs, resume: bool = Fa
     from .tokenizer import load_tokenizer, require_tokenizer
     from .checkpoints import config_of
     check_train_args(args)
-    prepare_output(args.output, resume, overwrite)
+    if distributed.is_main():
+        prepare_output(args.output, resume, overwrite)
+    distributed.barrier()
     path = resolve(model_name)
     data = {**data, "max_length": resolve_max_length(config_of(path), data.get("max_length"), model_name=model_name)}
     tokenizer = require_tokenizer(load_tokenizer(path), model_name, "fine-tuning reads text")

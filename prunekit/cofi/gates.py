@@ -62,10 +62,14 @@ class Gates(nn.Module):
             self.log_alpha[n] = nn.Parameter(t)
 
     def sample(self) -> Masks:
-        """One hard-concrete draw of every gate (differentiable in log_alpha)."""
+        """One hard-concrete draw of every gate (differentiable in log_alpha). Under torchrun the
+        uniform noise is rank 0's, so every process trains under the same masks."""
+        from .. import distributed
+        noise = {n: torch.rand_like(la) for n, la in self.log_alpha.items()}
+        distributed.broadcast_(noise.values())
         out = {}
         for n, la in self.log_alpha.items():
-            u = torch.rand_like(la).clamp(EPS, 1 - EPS)
+            u = noise[n].clamp(EPS, 1 - EPS)
             s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + la) / BETA)
             out[n] = (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
         return Masks(**out)

@@ -43,6 +43,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..cost import cost_report
+from .. import distributed
 from ..data import lengths
 from ..errors import PrunekitError
 from ..io import atomic_file, staged_into, write_json
@@ -217,7 +218,8 @@ def compress(teacher, task, target: Target, out, config: CoFiConfig | None = Non
 
     def warn(message):
         warnings.append(message)
-        print(f"warning: {message}", file=sys.stderr)
+        if distributed.is_main():
+            print(f"warning: {message}", file=sys.stderr)
 
     with watch("evaluation"):
         metrics["teacher"] = evaluate_task(torch_predictor(teacher, device), task, config.eval_batch_size,
@@ -256,9 +258,11 @@ def compress(teacher, task, target: Target, out, config: CoFiConfig | None = Non
             state = trainer.pruned_state()
         else:
             state = load_file(str(best_file))
-        write_json(prune_dir / "summary.json", {**prune_summary, "chosen": chosen})
-        with atomic_file(chosen_file) as tmp:  # written last: it marks the pruning phase as done
-            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+        if distributed.is_main():
+            write_json(prune_dir / "summary.json", {**prune_summary, "chosen": chosen})
+            with atomic_file(chosen_file) as tmp:  # written last: it marks the pruning phase as done
+                save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+        distributed.barrier()
     prune_summary = json.loads((prune_dir / "summary.json").read_text())
     state = load_file(str(chosen_file), device=str(device))
     student.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
@@ -349,8 +353,9 @@ def run(teacher: str, task_name: str, output: str, target: Target, config: CoFiC
             raise PrunekitError(f"{output} is a finished CoFi run: nothing to resume")
         if not (out / "prune").is_dir():
             raise PrunekitError(f"nothing to resume in {output}: no prune/ checkpoint of an interrupted CoFi run")
-    else:
+    elif distributed.is_main():
         prepare_output(output, resume=False, overwrite=overwrite)
+    distributed.barrier()
     data = dict(data or {})
     model, task, warnings = load_teacher_and_task(teacher, task_name, data, purpose="CoFi",
                                                   default_max_length=config.max_length)
@@ -358,6 +363,8 @@ def run(teacher: str, task_name: str, output: str, target: Target, config: CoFiC
     report = {"teacher": str(teacher), "max_length": data["max_length"],
               "command": command or " ".join(sys.argv), **report}
     compact.config.finetuning_task = task.name
+    if not distributed.is_main():
+        return report
     with staged_into(out) as tmp:
         compact.save_pretrained(tmp)
         masks.save(tmp / "masks.safetensors")

@@ -17,6 +17,7 @@ scheduler, RNG, data position) goes through Trainer's checkpoint hooks.
 import torch
 import torch.nn as nn
 
+from .. import distributed
 from ..errors import PrunekitError
 from ..io import atomic_file
 from ..training import Trainer, evaluate_task, torch_predictor
@@ -104,7 +105,7 @@ class CoFiTrainer(Trainer):
         labels = batch.get("labels") if s.alpha_task > 0 else None
         with torch.no_grad():  # the teacher only gives targets
             t_out = self.teacher(**inputs, output_hidden_states=True)
-        s_out = self.model(**inputs, labels=labels, masks=masks, output_hidden_states=True)
+        s_out = self.net(**inputs, labels=labels, masks=masks, output_hidden_states=True)
         present = present_layers(self.model.config, masks)
         pred = prediction_loss(s_out.logits, t_out.logits, s.temperature, self.model.config.is_regression)
         layer, pairs = self.distiller(s_out.hidden_states, t_out.hidden_states, inputs["attention_mask"], present)
@@ -127,7 +128,9 @@ class CoFiTrainer(Trainer):
                          "lambda_2": self.lagrangian.lambda_2.item()}
         if not torch.isfinite(loss):
             raise PrunekitError(f"loss became {loss.item()} at step {self.step + 1}; try a lower --lr")
-        loss.backward()
+        loss.backward()  # DDP averages the student's gradients; the gates' and the projection's are averaged here
+        distributed.average_gradients(list(self.distiller.parameters()) +
+                                      (list(self.gates.parameters()) if pruning else []))
         torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable()], self.args.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
