@@ -179,10 +179,8 @@ def cmd_compress(args):
 
 
 def cmd_post_training(args):
-    from .distributed import world_size
+    from .distributed import is_main
     from .errors import PrunekitError
-    if world_size() > 1:
-        raise PrunekitError("post-training pruning runs in one process (it takes seconds): run it without torchrun")
     from .posttrain.pipeline import Constraint, PostTrainConfig, run
     if (args.macs is None) == (args.latency is None):
         raise PrunekitError("give exactly one budget: --macs FRACTION or --latency FRACTION (the part kept, in (0, 1))")
@@ -193,7 +191,8 @@ def cmd_post_training(args):
         "num_samples", "seed", "batch_size", "allow_empty_sublayers", "fisher_precision", "kernels")))
     report = run(args.teacher, args.task, args.output, constraint, config, data=data_args(args),
                  overwrite=args.overwrite)
-    print(summarise_compress(report, args.output))
+    if is_main():
+        print(summarise_compress(report, args.output))
 
 
 def cmd_cofi(args):

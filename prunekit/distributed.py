@@ -71,6 +71,23 @@ def mean(value: float) -> float:
     return float(t) / world_size()
 
 
+def gather_batches(local: torch.Tensor, total: int) -> torch.Tensor:
+    """Per-batch results (B_r, ...) of the batches r, r + N, ... that process r computed -> all
+    `total` of them (total, ...) in the original batch order, on every process."""
+    n = world_size()
+    if n == 1:
+        return local
+    size = -(-total // n)  # ceil: the most batches one process has
+    padded = torch.zeros((size, *local.shape[1:]), dtype=local.dtype)
+    padded[:len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(n)]
+    dist.all_gather(parts, padded)
+    out = torch.empty((total, *local.shape[1:]), dtype=local.dtype)
+    for r, part in enumerate(parts):
+        out[r::n] = part[:len(range(r, total, n))]
+    return out
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

@@ -39,7 +39,8 @@ def load_teacher_and_task(teacher: str, task_name: str, data: dict, purpose: str
     data["max_length"] = resolve_max_length(model.config, data.get("max_length"), default_max_length, teacher)
     task = load_task(task_name, model.tokenizer, labels=trained_labels(model.config), **data)
     check_labels(model.config, task)
-    for w in warnings:
+    from .distributed import is_main
+    for w in warnings if is_main() else []:
         print(f"warning: {w}", file=sys.stderr)
     return model, task, warnings
 

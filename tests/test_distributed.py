@@ -59,3 +59,15 @@ def test_two_processes_prune_with_cofi_like_one(no_dropout_dir, sst2_glue_dir, t
         assert torch.equal(a[k] != 0, b[k] != 0) and torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), k
     one, two = losses(tmp_path / "one" / "log_prune.jsonl"), losses(tmp_path / "two" / "log_prune.jsonl")
     assert two == pytest.approx(one, rel=1e-3, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_fisher_pass_and_find_the_same_masks(no_dropout_dir, sst2_glue_dir, tmp_path):
+    base = ["compress", "--teacher", str(no_dropout_dir), "--task", "sst2", "--glue-dir", str(sst2_glue_dir),
+            "--macs", "0.5", "--num-samples", "80", "--batch-size", "16", "--no-eval", "--threads", "1"]
+    launch(1, base + ["--output", str(tmp_path / "one")])
+    launch(2, base + ["--output", str(tmp_path / "two")])
+    a, b = load_file(str(tmp_path / "one" / "masks.safetensors")), load_file(str(tmp_path / "two" / "masks.safetensors"))
+    for k in a:
+        assert torch.equal(a[k] != 0, b[k] != 0) and torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+    assert json.loads((tmp_path / "two" / "report.json").read_text())["fisher_batches"] == 5

@@ -37,7 +37,12 @@ def mask_gradients(model, batches, progress: bool = True, desc: str = "fisher", 
     batches: an iterable of dicts with input_ids, attention_mask, token_type_ids and labels.
     precision: fp32, bf16 (autocast) or auto (see the module docstring).
     Returns (g_head (B, L, H), g_int (B, L, F)), B = number of batches, on the CPU in float32.
+    Under torchrun each process takes every N-th batch and the per-batch gradients are gathered, so
+    every process ends with all of them (in batch order).
     """
+    from .. import distributed
+    all_batches = list(batches)
+    batches = all_batches[distributed.rank()::distributed.world_size()]
     cfg = model.config
     dev = next(model.parameters()).device
     precision = resolve_precision(precision, dev)
@@ -63,9 +68,11 @@ def mask_gradients(model, batches, progress: bool = True, desc: str = "fisher", 
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
         model.train(was_training)
-    if not g_head:
+    if not all_batches:
         raise ValueError("no batches: cannot compute mask gradients")
-    return torch.stack(g_head), torch.stack(g_int)  # (B, L, H), (B, L, F)
+    cfg_shapes = ((0, cfg.num_layers, cfg.num_heads[0]), (0, cfg.num_layers, cfg.ffn_dim[0]))
+    stacked = [torch.stack(g) if g else torch.empty(shape) for g, shape in zip((g_head, g_int), cfg_shapes)]
+    return tuple(distributed.gather_batches(g, len(all_batches)) for g in stacked)  # (B, L, H), (B, L, F)
 
 
 def diagonal_fisher(grads: torch.Tensor) -> torch.Tensor:

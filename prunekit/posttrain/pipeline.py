@@ -447,10 +447,13 @@ def run(teacher: str, task_name: str, output: str, constraint: Constraint, confi
                                                   default_max_length=default_max_length(task_name))
     n_warned = len(warnings)
     compact, tuned, report = compress(model, task, constraint, config, warnings=warnings)
-    for w in warnings[n_warned:]:
+    from .. import distributed
+    for w in warnings[n_warned:] if distributed.is_main() else []:
         print(f"warning: {w}", file=sys.stderr)
     report = {"teacher": str(teacher), "max_length": data["max_length"], **report}
     compact.config.finetuning_task = task.name
+    if not distributed.is_main():  # under torchrun: every process pruned alike, rank 0 writes
+        return report
     with output_dir(output, overwrite) as tmp:
         compact.save_pretrained(tmp)
         tuned.save(tmp / "masks.safetensors")
