@@ -146,7 +146,7 @@ POST_TRAINING_OPTIONS = {"latency": "--latency", "num_samples": "--num-samples",
                          "latency_seq_len": "--latency-seq-len", "latency_runtime": "--latency-runtime",
                          "latency_threads": "--latency-threads", "lut_cache": "--lut-cache",
                          "fisher_precision": "--fisher-precision", "no_eval": "--no-eval",
-                         "allow_empty_sublayers": "--allow-empty-sublayers"}
+                         "allow_empty_sublayers": "--allow-empty-sublayers", "distill_steps": "--distill-steps"}
 COFI_OPTIONS = {"target_sparsity": "--target-sparsity", "prune_epochs": "--prune-epochs",
                 "finetune_epochs": "--finetune-epochs", "pre_prune_epochs": "--pre-prune-epochs",
                 "lagrangian_warmup": "--lagrangian-warmup", "lr": "--lr", "finetune_lr": "--finetune-lr",
@@ -188,7 +188,7 @@ def cmd_post_training(args):
     constraint = Constraint(kind, value, device=args.device, **given(args, (
         "latency_batch", "latency_seq_len", "lut_cache", "latency_runtime", "latency_threads")))
     config = PostTrainConfig(device=args.device, evaluate=not args.no_eval, **given(args, (
-        "num_samples", "seed", "batch_size", "allow_empty_sublayers", "fisher_precision", "kernels")))
+        "num_samples", "seed", "batch_size", "allow_empty_sublayers", "fisher_precision", "kernels", "distill_steps")))
     report = run(args.teacher, args.task, args.output, constraint, config, data=data_args(args),
                  overwrite=args.overwrite)
     if is_main():
@@ -348,7 +348,7 @@ NUMERIC = {
     "seq_len": POSITIVE_INT, "max_length": number(int, 2), "threads": POSITIVE_INT, "epochs": POSITIVE,
     "lr": POSITIVE, "batch_size": POSITIVE_INT, "weight_decay": NON_NEGATIVE, "warmup_ratio": number(float, 0, 1,
     high_open=True), "max_steps": POSITIVE_INT, "max_train_samples": POSITIVE_INT, "eval_every": POSITIVE_INT,
-    "save_every": POSITIVE_INT, "num_samples": POSITIVE_INT, "latency_batch": POSITIVE_INT,
+    "save_every": POSITIVE_INT, "num_samples": POSITIVE_INT, "distill_steps": number(int, 0), "latency_batch": POSITIVE_INT,
     "latency_seq_len": number(int, 2), "latency_threads": POSITIVE_INT, "opset": number(int, 14, 20),
     "macs": FRACTION, "latency": FRACTION, "target_sparsity": FRACTION, "prune_epochs": NON_NEGATIVE,
     "finetune_epochs": NON_NEGATIVE, "pre_prune_epochs": NON_NEGATIVE, "lagrangian_warmup": number(float, 0, 1),
@@ -474,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "with native bf16 but flips near-ties in the ranking: see bench/results/posttrain.md; auto = bf16 "
                    "where native)")
     g.add_argument("--no-eval", action="store_true", help="skip the dev evaluations (they are not pruning time)")
+    g.add_argument("--distill-steps", type=int, help="after surgery, this many steps of distillation fine-tuning of "
+                   "the compact model from the teacher (CoFi's losses; default 0: none)")
     g.add_argument("--allow-empty-sublayers", action="store_true", help="let a layer lose all its heads or all its "
                    "FFN neurons (the sublayer, LayerNorm included, is then removed; off by default: it can wreck accuracy)")
 

@@ -503,3 +503,21 @@ def test_an_hf_encoder_without_a_classifier_is_flagged_as_not_fine_tuned(tok, ss
                  "--device", "cpu", "--no-eval"])
     err = capsys.readouterr().err
     assert code == 0 and "no classifier weights" in err and "not fine-tuned" in err
+
+
+def test_distill_steps_fine_tune_the_compact_model_from_the_teacher():
+    torch.set_num_threads(1)
+    model = tiny_model()
+    task = synthetic_task(model)
+    plain = compress(model, task, Constraint("macs", 0.5), num_samples=64, batch_size=8, progress=False)
+    distilled = compress(model, task, Constraint("macs", 0.5), num_samples=64, batch_size=8, progress=False,
+                         distill_steps=6, distill_lr=1e-3)
+    assert torch.equal(plain.masks.z_head, distilled.masks.z_head)             # the same pruning ...
+    assert distilled.model.config.num_heads == plain.model.config.num_heads
+    a, b = plain.model.state_dict(), distilled.model.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)                          # ... then trained further
+    r = distilled.report
+    assert "distilled" in r["dev_metrics"] and r["distill_steps"] == 6 and r["seconds"]["distill"] > 0
+    # pruning time is Fisher + search + rearrangement + tuning: the distillation is counted apart
+    assert r["seconds"]["pruning"] == pytest.approx(sum(r["seconds"][s] for s in ("fisher", "search", "rearrange",
+                                                                                  "tune")), abs=0.01)

@@ -100,6 +100,8 @@ class PostTrainConfig:
     tune_teacher: str = "assistant"    # tuning target: the teacher-assistant masks at sqrt(c), or "dense"
     ffn_target: str = "assistant"      # FFN target of tuning; "dense" is what the reference computed
     eval_batch_size: int = 128         # evaluation only
+    distill_steps: int = 0             # then this many steps of distillation of the compact model (CoFi's losses)
+    distill_lr: float = 3e-5           # its learning rate (CoFi's fine-tuning grid {1, 2, 3}e-5)
     kernels: str = "torch"             # attention / FFN implementation of the Fisher pass (torch = exact eager)
     device: str = "cpu"
     progress: bool = True              # tqdm bars
@@ -123,6 +125,9 @@ class PostTrainConfig:
             raise PrunekitError(f"max_fit_tokens must be >= 1, got {self.max_fit_tokens}")
         if self.eval_batch_size < 1:
             raise PrunekitError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.distill_steps < 0 or not (math.isfinite(self.distill_lr) and self.distill_lr > 0):
+            raise PrunekitError(f"distill_steps must be >= 0 and distill_lr > 0, got {self.distill_steps}, "
+                                f"{self.distill_lr}")
         from ..model import KERNELS
         if self.kernels not in KERNELS:
             raise PrunekitError(f"kernels must be one of {', '.join(KERNELS)}, not {self.kernels!r}")
@@ -363,10 +368,42 @@ def compress(model, task, constraint: Constraint, config: PostTrainConfig | None
     if diff > 1e-3:
         warnings.append(f"the compact model differs from the masked model by {diff:.2e} on a dev batch")
     score("compact", compact)
+    if config.distill_steps > 0:
+        with watch("distill"):
+            compact = distill_compact(model, compact, task, config)
+        score("distilled", compact)
 
     report = build_report(task, constraint, config, cfg, compact, sample, fisher, search, rearranged, tuned,
                           metrics, watch, diff, warnings)
     return Compressed(compact, tuned.masks, report)
+
+
+def distill_compact(teacher, compact, task, config: PostTrainConfig):
+    """config.distill_steps steps of distillation fine-tuning of the compact model from the teacher,
+    with CoFi's losses (prediction KL at temperature 2 and layer distillation through a projection
+    that starts as the identity; the compact model keeps the teacher's hidden size); the final model."""
+    import shutil
+    import tempfile
+
+    from ..cofi.distill import LayerDistiller, teacher_layers
+    from ..cofi.pipeline import CoFiConfig
+    from ..cofi.trainer import CoFiTrainer
+    from ..training import TrainArgs
+    work = Path(tempfile.mkdtemp(prefix="prunekit-distill-"))
+    try:
+        settings = CoFiConfig(device=config.device, progress=config.progress)
+        steps_per_epoch = math.ceil(len(task.train) / config.batch_size)
+        args = TrainArgs(output=str(work), epochs=config.distill_steps / steps_per_epoch + 1, lr=config.distill_lr,
+                         batch_size=config.batch_size, weight_decay=0.0, warmup_ratio=0.0, seed=config.seed,
+                         max_steps=config.distill_steps, eval_every=config.distill_steps,
+                         save_every=config.distill_steps, device=config.device, progress=config.progress)
+        distiller = LayerDistiller(compact.config.hidden_size, teacher_layers(teacher.config.num_layers))
+        CoFiTrainer(compact.train(), teacher, task, args, settings, distiller, keep="final").fit()
+        distilled = type(compact).from_pretrained(str(work)).to(config.device).eval()
+        distilled.tokenizer = compact.tokenizer
+        return distilled
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def compact_vs_masked(compact, model, masks: Masks, examples: list, device) -> float:
@@ -408,6 +445,7 @@ def build_report(task, constraint, config, teacher_cfg, compact, sample, fisher:
         "tuning_examples": tuned.examples, "tuning_tokens": tuned.tokens, "tuning_ffn_target": config.ffn_target,
         "tuning_teacher": config.tune_teacher,
         "allow_empty_sublayers": config.allow_empty_sublayers,
+        "distill_steps": config.distill_steps, "distill_lr": config.distill_lr,
         "compact_vs_masked_max_abs_diff": diff,
         "warnings": warnings,
     }
