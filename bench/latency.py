@@ -32,9 +32,10 @@ from prunekit.errors import PrunekitError
 CPU_RUNTIMES = ("torch", "ort", "ort-opt", "ort-int8")  # ort-opt-int8 on request: rarely faster than ort-int8 on CPU
 CUDA_RUNTIMES = ("torch", "torch-fp16", "ort-cuda", "ort-cuda-fp16")
 EXPORT_VARIANTS = {  # runtime -> export_onnx keyword arguments
-    "ort": {}, "ort-opt": {"optimize": True}, "ort-int8": {"quantize": "int8"},
-    "ort-opt-int8": {"optimize": True, "quantize": "int8"},
-    "ort-cuda": {"optimize": True, "device": "cuda"}, "ort-cuda-fp16": {"optimize": True, "fp16": True, "device": "cuda"},
+    "ort": {}, "ort-opt": {"optimize": True, "keep_fused": True}, "ort-int8": {"quantize": "int8"},
+    "ort-opt-int8": {"optimize": True, "keep_fused": True, "quantize": "int8"},
+    "ort-cuda": {"optimize": True, "keep_fused": True, "device": "cuda"},
+    "ort-cuda-fp16": {"optimize": True, "keep_fused": True, "fp16": True, "device": "cuda"},
 }
 
 

@@ -126,9 +126,14 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
 
 def export_onnx(model, out_dir, *, opset: int = DEFAULT_OPSET, optimize: bool = False, quantize: str | None = None,
                 fp16: bool = False, device: str = "cpu", overwrite: bool = False, atol: float = validate.ATOL,
+                keep_fused: bool | None = None,
                 external_data_above: int = EXTERNAL_DATA_ABOVE, source: str | None = None,
                 progress: bool = False) -> dict:
     """Export, validate and (optionally) optimise and quantise a prunekit model into out_dir.
+
+    optimize: ORT's transformer fusion; the fused graph is kept when it runs faster than the plain
+    one on the target runtime at batch 32 / sequence 128 (keep_fused=None, the default: both are
+    timed, and export_report.json's fusion.timing says which won), or always (keep_fused=True).
 
     Raises PrunekitError, with nothing written, when a check fails. Returns the export report
     (also written as out_dir/export_report.json).
@@ -185,6 +190,22 @@ def export_onnx(model, out_dir, *, opset: int = DEFAULT_OPSET, optimize: bool = 
                                                                   "optimised graph")
             bar.update()
             current = path_of("optimize")
+            if keep_fused is None:  # race the two graphs on the target runtime: fusion must not lose
+                step("optimize", "timing plain vs fused")
+                fused_path = path_of("optimize")
+                if fused_path == tmp / "model.onnx":  # the last stage: race a copy, so either can become the output
+                    fused_path = work / "fused.onnx"
+                    save_onnx(graph, fused_path, external_data_above)
+                report["fusion"]["timing"] = opt.keep_faster(path_of("export"), fused_path, config,
+                                                             "cuda" if device == "cuda" else "cpu")
+                if report["fusion"]["timing"]["kept"] == "plain":
+                    graph = onnx.load(str(path_of("export")))
+                    report["optimized"] = False
+                    if path_of("optimize") == tmp / "model.onnx":
+                        for f in tmp.glob("model.onnx*"):
+                            f.unlink()
+                        save_onnx(graph, tmp / "model.onnx", external_data_above)
+                    current = path_of("export")
 
         # 3. lower precision; measured here, judged by the task metric (prunekit eval)
         if quantize == "int8":

@@ -120,6 +120,40 @@ def check_attention(model: onnx.ModelProto, config) -> list[int]:
     return got
 
 
+TIMING_SHAPE = (32, 128)  # batch, sequence: the shape the plain and fused graphs are raced at
+
+
+def time_graphs(paths: dict, config, shape=TIMING_SHAPE, device: str = "cpu", rounds: int = 8) -> dict:
+    """name -> median ms of one run of each ONNX file at `shape`, timed round-robin in ONNX Runtime
+    (the order rotating every round) after a warm-up, with the same random inputs."""
+    import numpy as np
+
+    from prunekit.benchmark import time_interleaved, warm_up
+    from . import runtime
+    b, s = shape
+    s = min(s, config.longest_sequence)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, config.vocab_size, size=(b, s), dtype=np.int64)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    runners = {}
+    for name, path in paths.items():
+        clf = runtime.OnnxClassifier(path, device, spinning=False)
+        runners[name] = (lambda c: lambda: c(batch))(clf)
+    for run in runners.values():
+        warm_up(run, 2, 0.2)
+    times = time_interleaved(runners, rounds)
+    return {name: float(np.median(t)) * 1e3 for name, t in times.items()}
+
+
+def keep_faster(plain_path, fused_path, config, device: str = "cpu") -> dict:
+    """Which graph to ship: the fused one only when it is faster than the plain one on this runtime
+    (ORT's fusion has been seen to slow pruned models down on CPU). Returns the timing record."""
+    ms = time_graphs({"plain": plain_path, "fused": fused_path}, config, device=device)
+    kept = "fused" if ms["fused"] <= ms["plain"] else "plain"
+    return {"kept": kept, "plain_ms": round(ms["plain"], 3), "fused_ms": round(ms["fused"], 3),
+            "shape": list(TIMING_SHAPE), "device": device}
+
+
 def optimize_graph(model: onnx.ModelProto, config) -> tuple[onnx.ModelProto, dict]:
     """Fuse with per-layer head detection, repair and check head counts; returns (graph, figures)."""
     from onnxruntime.transformers.optimizer import optimize_model

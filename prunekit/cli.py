@@ -120,12 +120,17 @@ def cmd_export(args):
     model = load_model(args.model)
     require_tokenizer(model.tokenizer, args.model, "export validates on real text and ships them")
     r = export_onnx(model, args.output, opset=args.opset, optimize=args.optimize, quantize=args.quantize,
+                    keep_fused=True if args.keep_fused else None,
                     fp16=args.fp16, device=args.device, overwrite=args.overwrite, source=args.model, progress=True)
     parity = ", ".join(f"{k} {v['max_abs_diff']:.1e}" for k, v in r["parity"].items())
     print(f"{args.model} -> {args.output}/model.onnx ({r['variant']}{', optimised' if r['optimized'] else ''}, "
           f"opset {r['opset']}, {r['size_bytes'] / 2**20:.1f} MiB{', external data' if r['external_data'] else ''})")
     print(f"parity with PyTorch on {len(r['validation']['inputs'])} inputs (ORT CPU, max abs diff of logits, "
           f"atol {next(iter(r['parity'].values()))['atol']:.0e}): {parity}")
+    timing = r.get("fusion", {}).get("timing")
+    if timing:
+        print(f"fusion timed at b{timing['shape'][0]}/s{timing['shape'][1]} on {timing['device']}: plain "
+              f"{timing['plain_ms']:.1f} ms, fused {timing['fused_ms']:.1f} ms -> {timing['kept']} graph kept")
     if r["optimized"]:
         f = r["fusion"]
         print(f"fused: {f['attention_nodes']} Attention nodes for {f['layers_with_heads']} layers with heads "
@@ -432,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="'minilm' or a model directory (dense or compact)")
     p.add_argument("--output", required=True, help="directory for model.onnx, config.json, tokenizer, export_report.json")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 14-20 (default 17)")
-    p.add_argument("--optimize", action="store_true", help="ONNX Runtime transformer fusion (per-layer head counts)")
+    p.add_argument("--optimize", action="store_true", help="ONNX Runtime transformer fusion (per-layer head counts); "
+                   "the fused graph is kept only if it is faster than the plain one at b32/s128 on the target device")
+    p.add_argument("--keep-fused", action="store_true", help="with --optimize: keep the fused graph without timing it")
     p.add_argument("--quantize", metavar="int8", help="int8: dynamic quantisation for the CPU provider")
     p.add_argument("--fp16", action="store_true", help="half precision for the CUDA provider (needs --device cuda)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the provider the export targets")

@@ -143,7 +143,7 @@ def test_onnx_export_matches_and_fuses_one_attention_per_layer_with_heads(saved,
     arch, _, d = saved
     model = prunekit.load_model(str(d))
     compact = prunekit.prune(model, arch_masks(model))
-    r = export_onnx(compact, tmp_path / "onnx", optimize=True, progress=False)   # parity is checked inside
+    r = export_onnx(compact, tmp_path / "onnx", optimize=True, keep_fused=True, progress=False)   # parity is checked inside
     assert r["fusion"]["attention_nodes"] == sum(h > 0 for h in compact.config.num_heads) == 2
     b = batch(arch)
     got = OnnxClassifier(tmp_path / "onnx")(b)

@@ -61,7 +61,7 @@ def test_export_matches_pytorch_before_and_after_fusion(structure, tmp_path):
     masks = tiny_structures()[structure]
     model = tiny() if masks is None else prunekit.prune(tiny(), masks)
     cfg = model.config
-    report = export_onnx(model, tmp_path / "out", optimize=True)
+    report = export_onnx(model, tmp_path / "out", optimize=True, keep_fused=True)
     assert report["parity"]["exported"]["max_abs_diff"] <= 1e-4 and report["parity"]["optimized"]["max_abs_diff"] <= 1e-4
 
     # absent sublayers have no nodes: one softmax per layer with heads, one erf (GELU) per layer with an FFN
@@ -99,7 +99,7 @@ def test_exported_graph_has_dynamic_batch_and_sequence_and_literal_heads(tmp_pat
 @pytest.mark.parametrize("opset", [14, 20])
 def test_other_opsets_export_and_fuse(opset, tmp_path):
     model = prunekit.prune(tiny(), tiny_structures()["all at once"])
-    report = export_onnx(model, tmp_path / "out", opset=opset, optimize=True)
+    report = export_onnx(model, tmp_path / "out", opset=opset, optimize=True, keep_fused=True)
     assert report["opset"] == opset and report["fusion"]["attention_num_heads"] == [3, 1]
     assert max(r["max_abs_diff"] for r in report["parity"].values()) <= 1e-4
 
@@ -162,7 +162,7 @@ def test_wrong_fused_head_count_is_caught_and_repaired(tmp_path):
 @pytest.mark.slow
 def test_int8_export_runs_and_stays_close_on_tiny(tmp_path):
     model = tiny()
-    report = export_onnx(model, tmp_path / "out", optimize=True, quantize="int8")
+    report = export_onnx(model, tmp_path / "out", optimize=True, keep_fused=True, quantize="int8")
     ops = report["node_counts"]["final"]
     assert ops.get("QAttention", 0) == 3 and ops.get("MatMulInteger", 0) > 0 and "Attention" not in ops
     assert 0 < report["quantized"]["max_abs_diff"] < 0.1  # int8 moves logits, but not wildly
@@ -191,7 +191,7 @@ def test_fp16_conversion_is_right_where_it_can_be_checked(fused, tmp_path):
 @pytest.mark.slow
 def test_large_weights_go_to_external_data(tmp_path):
     model = tiny()
-    report = export_onnx(model, tmp_path / "out", optimize=True, external_data_above=0)
+    report = export_onnx(model, tmp_path / "out", optimize=True, keep_fused=True, external_data_above=0)
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["config.json", "export_report.json", "model.onnx", "model.onnx.data"]
     assert report["external_data"] and report["ir_version"] <= onnx_export.MAX_IR_VERSION
@@ -223,7 +223,8 @@ def test_cli_exports_pruned_minilm_fused_and_eval_runs_it_through_ort(minilm, mi
     assert cfg.num_heads[1] == 0 and cfg.num_heads[4] == 1 and cfg.ffn_dim[3] == 0 and cfg.hidden_size < 384
     compact.save_pretrained(tmp_path / "compact")
     out = tmp_path / "onnx"
-    assert main(["export", "--onnx", "--model", str(tmp_path / "compact"), "--output", str(out), "--optimize"]) == 0
+    assert main(["export", "--onnx", "--model", str(tmp_path / "compact"), "--output", str(out), "--optimize",
+                 "--keep-fused"]) == 0
     assert "fused: 5 Attention nodes for 5 layers with heads" in capsys.readouterr().out
     assert {"model.onnx", "config.json", "tokenizer.json", "export_report.json"} <= {p.name for p in out.iterdir()}
     report = json.loads((out / "export_report.json").read_text())
@@ -281,7 +282,7 @@ def test_int8_keeps_the_sst2_dev_metric_within_tolerance(sst2_probe, tmp_path):
     lines = (real_glue("SST-2") / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()
     dev.write_text("\n".join(lines[:301]) + "\n", encoding="utf-8")        # header + 300 sentences
     out = tmp_path / "int8"
-    assert main(["export", "--onnx", "--model", str(sst2_probe), "--output", str(out), "--optimize",
+    assert main(["export", "--onnx", "--model", str(sst2_probe), "--output", str(out), "--optimize", "--keep-fused",
                  "--quantize", "int8"]) == 0
     assert json.loads((out / "export_report.json").read_text())["node_counts"]["final"].get("QAttention") == 6
     acc = {}
@@ -318,7 +319,7 @@ def test_cuda_without_a_working_gpu_is_a_clear_error_not_a_cpu_fallback(tmp_path
 @pytest.mark.skipif(not cuda_really_works(), reason="needs a GPU with CUDA libraries for onnxruntime-gpu")
 def test_fp16_export_runs_on_cuda_with_io_binding(tmp_path):
     model = tiny()
-    report = export_onnx(model, tmp_path / "out", optimize=True, fp16=True, device="cuda")
+    report = export_onnx(model, tmp_path / "out", optimize=True, keep_fused=True, fp16=True, device="cuda")
     assert report["quantized"]["providers"][0] == "CUDAExecutionProvider"
     assert report["quantized"]["max_abs_diff"] < 5e-2
     clf = OnnxClassifier(tmp_path / "out", device="cuda")
@@ -348,3 +349,20 @@ def test_cli_export_refuses_missing_model_and_existing_output(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     assert main(["export", "--onnx", "--model", "minilm", "--output", str(tmp_path / "out")]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("winner", ["plain", "fused"])
+def test_optimize_keeps_whichever_graph_is_faster(winner, tmp_path, monkeypatch):
+    """--optimize races the plain and the fused graph and ships the faster (here: a stand-in clock)."""
+    from prunekit.export import optimize as opt
+    fake = lambda paths, config, device="cpu": {"plain": 1.0, "fused": 2.0} if winner == "plain" else \
+        {"plain": 2.0, "fused": 1.0}
+    monkeypatch.setattr(opt, "time_graphs", fake)
+    model = tiny_model(hidden_size=16, head_dim=4, num_heads=[4, 4], ffn_dim=[12, 12])
+    report = export_onnx(model, tmp_path / "out", optimize=True)
+    assert report["fusion"]["timing"]["kept"] == winner and report["optimized"] == (winner == "fused")
+    ops = report["node_counts"]["final"]
+    assert ("Attention" in ops) == (winner == "fused")
+    assert json.loads((tmp_path / "out" / "export_report.json").read_text())["fusion"]["timing"]["kept"] == winner
+    assert not (tmp_path / "out" / ".work").exists() and sorted(p.name for p in (tmp_path / "out").iterdir()
+                                                                 if p.name.startswith("model.onnx")) == ["model.onnx"]
