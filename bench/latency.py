@@ -179,47 +179,117 @@ def _once(run) -> float:
     return time.perf_counter() - start if own is None else own
 
 
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+HEADLINE = [(32, 128), (1, 128)]  # the shapes the speed-up bars are drawn at, when measured
+
+
+def styles(rows: list[Row]):
+    """One colour per model (the same in every figure) and one marker per runtime."""
+    import matplotlib
+    models = list(dict.fromkeys(r.model for r in rows))
+    runtimes = list(dict.fromkeys(r.runtime for r in rows))
+    cmap = matplotlib.colormaps["tab10" if len(models) <= 10 else "tab20"]
+    return ({m: cmap(i % cmap.N) for i, m in enumerate(models)},
+            {rt: MARKERS[i % len(MARKERS)] for i, rt in enumerate(runtimes)})
+
+
+def two_legends(fig, ax, colour, marker):
+    """Models (colours) and runtimes (markers) as two legends outside the axes, so nothing hides data."""
+    from matplotlib.lines import Line2D
+    models = [Line2D([], [], color=c, marker="o", linestyle="-", label=m) for m, c in colour.items()]
+    runtimes = [Line2D([], [], color="grey", marker=mk, linestyle="", label=rt) for rt, mk in marker.items()]
+    first = ax.legend(handles=models, title="model", fontsize=7, title_fontsize=8, loc="upper left",
+                      bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    ax.add_artist(first)
+    legends = [first]
+    if len(runtimes) > 1:
+        legends.append(ax.legend(handles=runtimes, title="runtime", fontsize=7, title_fontsize=8, loc="lower left",
+                                 bbox_to_anchor=(1.02, 0.0), borderaxespad=0))
+    return legends
+
+
 def plot(rows: list[Row], metrics: dict, out: Path) -> list[str]:
+    """<out>-latency.png (P50 vs batch), <out>-speedup.png (bars at the headline shapes, with each
+    model's MAC reduction as the mark it could reach) and, with dev metrics, <out>-pareto.png."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     written = []
+    colour, marker = styles(rows)
+    save = lambda fig, suffix, extra=(): (fig.savefig(out.with_name(out.name + suffix), dpi=110, bbox_inches="tight",
+                                                      bbox_extra_artists=list(extra)),
+                                          plt.close(fig), written.append(str(out.with_name(out.name + suffix))))
+
     seqs = sorted({r.seq for r in rows})
-    fig, axes = plt.subplots(1, len(seqs), figsize=(5.5 * len(seqs), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(seqs), figsize=(5 * len(seqs), 4.2), squeeze=False)
     for ax, s in zip(axes[0], seqs):
-        for key in sorted({(r.model, r.runtime) for r in rows if r.seq == s}):
-            pts = sorted((r.batch, r.stats.p50_ms) for r in rows if r.seq == s and (r.model, r.runtime) == key)
-            ax.plot(*zip(*pts), marker="o", label=f"{key[0]} / {key[1]}")
+        for m, rt in dict.fromkeys((r.model, r.runtime) for r in rows if r.seq == s):
+            pts = sorted((r.batch, r.stats.p50_ms) for r in rows if r.seq == s and (r.model, r.runtime) == (m, rt))
+            ax.plot(*zip(*pts), marker=marker[rt], color=colour[m], alpha=0.85, linewidth=1)
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="P50 latency (ms)", title=f"sequence length {s}")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out.with_name(out.name + "-latency.png"), dpi=110)
-    written.append(str(out.with_name(out.name + "-latency.png")))
-    plt.close(fig)
+    save(fig, "-latency.png", two_legends(fig, axes[0][-1], colour, marker))
+
+    shapes = [sh for sh in HEADLINE if any((r.batch, r.seq) == sh for r in rows)]
+    runtimes = list(dict.fromkeys(r.runtime for r in rows))
+    dense = rows[0].model
+    pruned = [m for m in colour if m != dense]
+    if shapes and pruned:
+        fig, axes = plt.subplots(len(shapes), len(runtimes), figsize=(3.2 * len(runtimes) + 1, 3.2 * len(shapes)),
+                                 squeeze=False, sharey=True)
+        for i, (b, s) in enumerate(shapes):
+            for j, rt in enumerate(runtimes):
+                ax = axes[i][j]
+                cell = {r.model: r for r in rows if (r.batch, r.seq, r.runtime) == (b, s, rt)}
+                xs = range(len(pruned))
+                ax.bar(xs, [cell[m].speedup if m in cell else 0 for m in pruned], color=[colour[m] for m in pruned])
+                ax.scatter(xs, [cell[m].macs_ratio if m in cell else float("nan") for m in pruned], marker="_", s=400,
+                           color="black", zorder=3, label="MAC reduction")
+                ax.axhline(1.0, color="grey", linewidth=0.8)
+                ax.set_xticks(list(xs), [str(k + 1) for k in xs], fontsize=8)
+                ax.set_title(f"{rt}, batch {b} / seq {s}", fontsize=9)
+                if j == 0:
+                    ax.set_ylabel("speed-up vs dense")
+        axes[0][0].legend(fontsize=7, loc="upper left")
+        fig.text(0.5, -0.02, "models: " + "; ".join(f"{k + 1} = {m}" for k, m in enumerate(pruned)), ha="center",
+                 fontsize=7, wrap=True)
+        fig.tight_layout()
+        save(fig, "-speedup.png")
+
     if len([m for m in metrics.values() if m]) >= 2:
         fig, ax = plt.subplots(figsize=(6, 4.2))
         big = max(rows, key=lambda r: (r.batch, r.seq))
         # the metrics were measured in fp32, so only fp32 runtimes are placed, and only models scored on
         # the dense model's task (one axis, one metric)
-        task = (metrics.get(rows[0].model) or {}).get("task")
+        task = (metrics.get(dense) or {}).get("task")
         same = lambda m: m and (task is None or m.get("task") in (None, task))
-        for rt in sorted({r.runtime for r in rows if "int8" not in r.runtime and "fp16" not in r.runtime}):
-            pts = [(r.speedup, metrics[r.model]["value"], r.model) for r in rows
-                   if r.runtime == rt and (r.batch, r.seq) == (big.batch, big.seq) and same(metrics.get(r.model))]
-            if pts:
-                ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=rt)
-                for x, y, name in pts:
-                    ax.annotate(name, (x, y), fontsize=7)
+        for r in rows:
+            if (r.batch, r.seq) == (big.batch, big.seq) and "int8" not in r.runtime and "fp16" not in r.runtime \
+                    and same(metrics.get(r.model)):
+                ax.scatter(r.speedup, metrics[r.model]["value"], color=colour[r.model], marker=marker[r.runtime],
+                           s=45, edgecolor="black", linewidth=0.4)
         ax.set(xlabel=f"speed-up vs dense (batch {big.batch}, seq {big.seq})", ylabel=f"dev {task or 'metric'}",
                title="accuracy vs speed-up")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out.with_name(out.name + "-pareto.png"), dpi=110)
-        written.append(str(out.with_name(out.name + "-pareto.png")))
-        plt.close(fig)
+        legends = two_legends(fig, ax, {m: c for m, c in colour.items() if same(metrics.get(m))},
+                              {rt: mk for rt, mk in marker.items() if "int8" not in rt and "fp16" not in rt})
+        save(fig, "-pareto.png", legends)
     return written
+
+
+def replot(json_path: Path) -> list[str]:
+    """The figures again from a results JSON (no timing)."""
+    from prunekit.benchmark import Stats
+    doc = json.loads(json_path.read_text())
+    rows = [Row(r["model"], r["runtime"], r["batch"], r["seq"],
+                Stats(r["p50_ms"], r["p90_ms"], r["p99_ms"], r["mean_ms"], r["throughput"], r["runs"]),
+                speedup=r["speedup"], macs_ratio=r["macs_ratio"]) for r in doc["rows"]]
+    metrics = {name: m.get("metric") for name, m in doc["models"].items()}
+    out = json_path.with_suffix("")
+    pngs = plot(rows, metrics, out)
+    doc["plots"] = pngs
+    json_path.write_text(json.dumps(doc, indent=2) + "\n")
+    return pngs
 
 
 def main(argv=None) -> int:
@@ -240,8 +310,14 @@ def main(argv=None) -> int:
     p.add_argument("--warmup-seconds", type=float, default=0.5)
     p.add_argument("--cache", default="runs/bench-cache", help="where ONNX exports are cached")
     p.add_argument("--out", default="bench/results/latency", help="output prefix: OUT.md, OUT.json, OUT-*.png")
+    p.add_argument("--replot", metavar="JSON", help="only redraw the figures of an earlier run's OUT.json")
     args = p.parse_args(argv)
     try:
+        if args.replot:
+            if not Path(args.replot).is_file():
+                raise PrunekitError(f"no results file {args.replot}")
+            print("\n".join(replot(Path(args.replot))))
+            return 0
         return run(args)
     except PrunekitError as e:
         print(f"bench/latency.py: error: {e}", file=sys.stderr)
