@@ -35,13 +35,26 @@ def init_from_env(device: str = "cpu") -> bool:
         cuda = torch.device(device).type == "cuda"
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
+        # CUDA tensors over NCCL; the CPU tensors of the bookkeeping (losses, Fisher gradients, RNG
+        # states) over gloo, which NCCL would refuse
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
     return True
 
 
 def shard(indices: list) -> list:
-    """This process's share of a global batch."""
-    return indices[rank()::world_size()]
+    """This process's share of a global batch: examples r, r + N, ...; a batch smaller than the number
+    of processes (a last partial one) lends its examples round, so no process is left without one."""
+    n, r = world_size(), rank()
+    return indices[r::n] or [indices[r % len(indices)]]
+
+
+def gather_state(t: torch.Tensor) -> list[torch.Tensor]:
+    """Every process's copy of a same-shaped CPU tensor (e.g. its RNG state), on every process."""
+    if world_size() == 1:
+        return [t]
+    parts = [torch.empty_like(t) for _ in range(world_size())]
+    dist.all_gather(parts, t)
+    return parts
 
 
 def average_gradients(parameters) -> None:

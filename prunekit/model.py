@@ -14,8 +14,10 @@ compact model.
 
 Checked against transformers' BertModel on all-MiniLM-L6-v2 (tests/test_hf_parity.py) and, for the
 compact form, against the masked model (tests/test_surgery.py).
-The forward has no Python branch on tensor values, so it traces and exports; branches depend only on
-the config (a layer with no heads simply has no attention code) or on which masks were passed.
+Without masks the forward has no Python branch on tensor values, so it traces and exports; branches
+depend only on the config (a layer with no heads simply has no attention code) or on which masks were
+passed. (With masks, which only training and pruning pass, the masked LayerNorm looks up the kept
+hidden dims.)
 
 Kernels (model.set_kernels): "torch" (the default) is the eager reference above, the one export and
 every exactness test use; "sdpa" computes attention with PyTorch's scaled_dot_product_attention
@@ -134,7 +136,8 @@ class Embeddings(nn.Module):
         self.token_type = nn.Embedding(config.type_vocab_size, E) if config.type_vocab_size > 0 else None
         self.norm = nn.LayerNorm(E, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.project = nn.Linear(E, d) if E != d else None
+        # ELECTRA's projection stays even when surgery keeps exactly E hidden dims
+        self.project = nn.Linear(E, d) if config.embedding_size is not None else None
 
     def position_ids(self, input_ids):
         if self.positions_from_padding:  # RoBERTa: pad, pad + 1, ... over real tokens; padding keeps pad

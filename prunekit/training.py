@@ -186,6 +186,9 @@ class Trainer:
         if not task.dev_sets:
             raise PrunekitError(f"{task.name}: no dev set to evaluate on")
         check_train_args(args)
+        if args.batch_size < distributed.world_size():
+            raise PrunekitError(f"--batch-size {args.batch_size} is smaller than the {distributed.world_size()} "
+                                "processes: every process needs examples of each (global) batch")
         self.model, self.task, self.args = model.to(args.device), task, args
         model.set_kernels(args.kernels)
         self.net = model  # what the training forward calls: the model, or its DDP wrapper under torchrun
@@ -358,10 +361,11 @@ class Trainer:
     def save_checkpoint(self):
         """<output>/last: weights, optimizer moments, RNG and loop state; built beside it, then swapped in
         (by rank 0 under torchrun: every process holds the same weights and optimiser state)."""
+        states = distributed.gather_state(torch.get_rng_state())  # each process's dropout stream
         if not distributed.is_main():
             distributed.barrier()
             return
-        rng = {"torch": torch.get_rng_state()}
+        rng = {"torch": torch.get_rng_state(), **{f"torch.rank{r}": s for r, s in enumerate(states)}}
         if torch.cuda.is_available():
             rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
         groups, schedulers = {}, {}
@@ -403,7 +407,7 @@ class Trainer:
             if sched is not None:
                 sched.load_state_dict(state["schedulers"][name])
         rng = load_file(str(last / "rng.safetensors"))
-        torch.set_rng_state(rng["torch"])
+        torch.set_rng_state(rng.get(f"torch.rank{distributed.rank()}", rng["torch"]))
         if torch.cuda.is_available() and "cuda0" in rng:
             torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count())])
         self.step, self.best, self.history = state["step"], state["best"], state["history"]

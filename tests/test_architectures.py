@@ -254,3 +254,16 @@ def test_unsupported_relatives_are_named(tmp_path):
     with pytest.raises(PrunekitError, match="model_type 'albert' is not supported .supported: bert, roberta, "
                                             "distilbert, electra, prunekit-bert."):
         prunekit.load_model(str(tmp_path))
+
+
+def test_electra_surgery_keeping_as_many_hidden_dims_as_its_embedding_size(tmp_path):
+    hf_model("electra").save_pretrained(tmp_path)
+    model = prunekit.load_model(str(tmp_path))
+    keep = torch.zeros(SHAPE["d"])
+    keep[:48] = 1.0                                                   # exactly embedding_size (48) dims kept
+    masks = Masks(z_hidden=keep)
+    compact = prunekit.prune(model, masks)
+    assert compact.config.hidden_size == 48 and compact.bert.embeddings.project is not None
+    b = batch("electra")
+    with torch.no_grad():
+        assert (compact(**b).logits - model(**b, masks=masks).logits).abs().max() < 1e-5

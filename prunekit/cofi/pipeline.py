@@ -52,7 +52,7 @@ from ..metrics import main_metric
 from ..surgery import prune
 from ..teachers import load_teacher_and_task, warn_if_not_fine_tuned
 from ..timing import Stopwatch
-from ..training import LAST, TrainArgs, evaluate_task, prepare_output, torch_predictor
+from ..training import INCOMPLETE, LAST, TrainArgs, evaluate_task, prepare_output, torch_predictor
 from .distill import LayerDistiller, teacher_layers
 from .gates import Gates
 from .sparsity import ExpectedCost, Target
@@ -116,8 +116,8 @@ class CoFiConfig:
                      "--pre-prune-epochs": self.pre_prune_epochs}.items():
             if v is not None and not (math.isfinite(v) and v >= 0):
                 bad.append(k)
-        if self.prune_epochs is not None and self.prune_epochs + self.pre_prune_epochs <= 0:
-            bad.append("--prune-epochs")
+        if self.prune_epochs is not None and self.prune_epochs <= 0:
+            bad.append("--prune-epochs (must be > 0: the gates are learned then)")
         for k, v in {"--alpha-pred": self.alpha_pred, "--alpha-layer": self.alpha_layer,
                      "--alpha-task": self.alpha_task, "--sparsity-epsilon": self.sparsity_epsilon,
                      "--weight-decay": self.weight_decay, "--max-grad-norm": self.max_grad_norm}.items():
@@ -132,7 +132,8 @@ class CoFiConfig:
             if v is not None and v < 1:
                 bad.append(k)
         if bad:
-            raise PrunekitError(f"invalid CoFi settings: {', '.join(bad)} (numbers must be finite and positive)")
+            raise PrunekitError(f"invalid CoFi settings: {', '.join(bad)} (numbers must be finite, and positive "
+                                "where 0 means nothing)")
         if self.alpha_pred + self.alpha_layer + self.alpha_task == 0:
             raise PrunekitError("all loss weights are 0: nothing to train on")
         if self.finetune_keep not in ("final", "best"):
@@ -185,14 +186,53 @@ def train_args(config: CoFiConfig, out: Path, steps: int, spe: int, lr: float) -
                      kernels=config.kernels, precision=config.precision, device=config.device, progress=config.progress)
 
 
+def check_teacher(config: CoFiConfig, teacher) -> list[int]:
+    """What can be checked once the teacher is known, before any work: the dense shape and the
+    distilled layers (returned)."""
+    if not teacher.config.is_uniform():
+        raise PrunekitError("CoFi needs a dense teacher (same head count and FFN width in every layer)")
+    L = teacher.config.num_layers
+    layers = list(config.distill_layers) if config.distill_layers is not None else teacher_layers(L)
+    if not layers or any(not 0 <= i < L for i in layers):
+        raise PrunekitError(f"distill layers must be between 0 and {L - 1}, got {layers}")
+    return layers
+
+
+SETTINGS_FILE = "cofi_args.json"   # in the run directory: what a resume must match
+NOT_SETTINGS = ("device", "progress", "eval_batch_size", "save_every")  # free to change on resume
+
+
+def check_settings(out: Path, config: CoFiConfig, target: Target, teacher, resume: bool) -> None:
+    """A fresh run records its settings; a resumed one must have the same (else it would silently
+    mix two runs)."""
+    settings = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()
+                   if k not in NOT_SETTINGS},
+                "target": asdict(target), "teacher": str(teacher.config.name_or_path or ""),
+                "teacher_shape": [teacher.config.num_heads, teacher.config.ffn_dim, teacher.config.hidden_size]}
+    path = out / SETTINGS_FILE
+    if resume and path.is_file():
+        before = json.loads(path.read_text())
+        changed = [f"{k}: {before.get(k)!r} then, {v!r} now" for k, v in settings.items() if before.get(k) != v]
+        if changed:
+            raise PrunekitError(f"cannot resume {out} with different settings ({'; '.join(changed)})")
+    elif distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(path, settings)
+
+
+SHAPE_KEYS = ("num_heads", "ffn_dim", "hidden_size", "head_dim", "vocab_size", "max_position_embeddings", "arch",
+              "embedding_size", "type_vocab_size", "positions_from_padding")
+
+
 def new_student(teacher, config: CoFiConfig):
     if config.student is None:
         return copy.deepcopy(teacher).requires_grad_(True).train()
     from ..checkpoints import load_model
     student = load_model(config.student, num_labels=teacher.config.num_labels)
-    if (student.config.num_heads, student.config.ffn_dim, student.config.hidden_size) != (
-            teacher.config.num_heads, teacher.config.ffn_dim, teacher.config.hidden_size):
-        raise PrunekitError(f"--student {config.student} does not have the teacher's shape")
+    differ = [k for k in SHAPE_KEYS if getattr(student.config, k) != getattr(teacher.config, k)]
+    if differ:
+        raise PrunekitError(f"--student {config.student} differs from the teacher in {', '.join(differ)}: it reads "
+                            "the teacher's tokens and is matched layer by layer, so it must have the teacher's shape")
     student.tokenizer = teacher.tokenizer
     return student.train()
 
@@ -205,13 +245,18 @@ def compress(teacher, task, target: Target, out, config: CoFiConfig | None = Non
     target.check()
     out = Path(out)
     warnings = [] if warnings is None else warnings
-    if not teacher.config.is_uniform():
-        raise PrunekitError("CoFi needs a dense teacher (same head count and FFN width in every layer)")
     if len(task.train) < config.batch_size:
         raise PrunekitError(f"the training set has {len(task.train)} examples, fewer than one batch "
                             f"({config.batch_size})")
+    if not resume and any((out / phase).exists() for phase in ("prune", "finetune")):
+        raise PrunekitError(f"{out} holds an earlier CoFi run: resume it (resume=True / --resume) or use a fresh "
+                            "directory")
+    layers = check_teacher(config, teacher)
+    check_settings(out, config, target, teacher, resume)
     device = config.device
     teacher = teacher.to(device).eval()
+    torch.manual_seed(config.seed)
+    student = new_student(teacher, config).to(device)  # (a --student of another shape is refused before any work)
     sched = Schedule.of(config, len(task.train))
     watch = Stopwatch()
     metrics = {}
@@ -229,13 +274,7 @@ def compress(teacher, task, target: Target, out, config: CoFiConfig | None = Non
     for w in chance:  # loudly: hours of distillation from a teacher at chance teach nothing
         warn(w.upper())
 
-    L = teacher.config.num_layers
-    layers = list(config.distill_layers) if config.distill_layers is not None else teacher_layers(L)
-    if not layers or any(not 0 <= i < L for i in layers):
-        raise PrunekitError(f"distill layers must be between 0 and {L - 1}, got {layers}")
     cost = ExpectedCost(teacher.config, target.kind, lengths(task.train))
-    torch.manual_seed(config.seed)
-    student = new_student(teacher, config).to(device)
     gates = Gates(teacher.config, config.gates, config.droprate_init,
                   generator=torch.Generator().manual_seed(config.seed)).to(device)
     distiller = LayerDistiller(teacher.config.hidden_size, layers)
@@ -349,29 +388,46 @@ def run(teacher: str, task_name: str, output: str, target: Target, config: CoFiC
         raise PrunekitError("give --task")
     out = Path(output)
     if resume:
+        if (out / "report.json").is_file() and (out / INCOMPLETE).is_file():  # killed while tidying up
+            if distributed.is_main():
+                finish(out)
+            return json.loads((out / "report.json").read_text())
         if (out / "report.json").is_file():
             raise PrunekitError(f"{output} is a finished CoFi run: nothing to resume")
         if not (out / "prune").is_dir():
             raise PrunekitError(f"nothing to resume in {output}: no prune/ checkpoint of an interrupted CoFi run")
-    elif distributed.is_main():
-        prepare_output(output, resume=False, overwrite=overwrite)
-    distributed.barrier()
+    elif out.exists() and not overwrite:
+        prepare_output(output, resume=False, overwrite=False)  # refuses, before the data is read
     data = dict(data or {})
     model, task, warnings = load_teacher_and_task(teacher, task_name, data, purpose="CoFi",
                                                   default_max_length=config.max_length)
+    check_teacher(config, model)
+    if not resume and distributed.is_main():
+        prepare_output(output, resume=False, overwrite=overwrite)
+    if distributed.is_main():  # until the very end, the directory is not a model (load_model refuses it)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / INCOMPLETE).write_text("an interrupted CoFi run: continue it with --resume\n")
+    distributed.barrier()
     compact, masks, report = compress(model, task, target, out, config, resume=resume, warnings=warnings)
     report = {"teacher": str(teacher), "max_length": data["max_length"],
               "command": command or " ".join(sys.argv), **report}
     compact.config.finetuning_task = task.name
     if not distributed.is_main():
         return report
-    with staged_into(out) as tmp:
+    with staged_into(out) as tmp:  # the model, its masks, the logs and the report arrive together
         compact.save_pretrained(tmp)
         masks.save(tmp / "masks.safetensors")
         for phase in ("prune", "finetune"):
             if (out / phase / "log.jsonl").is_file():
                 shutil.copy(out / phase / "log.jsonl", tmp / f"log_{phase}.jsonl")
+        write_json(tmp / "report.json", report)
+    finish(out)
+    return report
+
+
+def finish(out: Path) -> None:
+    """Remove what only a running CoFi run needs; the INCOMPLETE mark goes last."""
     for phase in ("prune", "finetune"):
         shutil.rmtree(out / phase, ignore_errors=True)
-    write_json(out / "report.json", report)
-    return report
+    (out / SETTINGS_FILE).unlink(missing_ok=True)
+    (out / INCOMPLETE).unlink(missing_ok=True)

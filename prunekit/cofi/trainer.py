@@ -57,6 +57,9 @@ class CoFiTrainer(Trainer):
         self.pre_steps, self.warmup_steps, self.keep = pre_steps, warmup_steps, keep
         self.name = "cofi prune" if gates is not None else "cofi finetune"
         self.teacher = teacher.to(args.device).eval()  # runs under no_grad; its parameters are left as they are
+        if settings.freeze_embeddings:  # CoFi's code never updates them: no gradient is even computed
+            for p in model.bert.embeddings.parameters():
+                p.requires_grad_(False)
         super().__init__(model, task, args)
         self.distiller.to(args.device)
         self.lagrangian = None
