@@ -24,18 +24,8 @@ SHAPES = {"bert-base": dict(H=12, dh=64, d=768, F=3072), "minilm": dict(H=12, dh
 
 
 def cuda_time(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    from prunekit.timing import median_ms
+    return median_ms(fn, warmup, repeats, "cuda")
 
 
 def attention_paths(B, H, S, dh, dtype):

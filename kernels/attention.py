@@ -4,7 +4,8 @@ What it computes, for every batch element b and head h (the PyTorch reference, `
 is at the end of this file):
 
     S = Q K^T / sqrt(d_h) + bias          bias_j = 0 for a real key, -1e30 for a padded key
-    O = gate[h] * softmax(S) V            gate = z_head * z_mha: real-valued, differentiable
+    O = gate[h] * softmax(S) V            gate: real-valued, differentiable (the model passes z_head;
+                                          z_mha scales the output projection, bias included)
 
 Q, K, V: [B, H, S, d_h]; key_mask: [B, S] of 1 (token) / 0 (padding); gate: [H]. The S x S matrix is
 never stored: each program owns BLOCK_M query rows, walks the keys BLOCK_N at a time and keeps a
@@ -41,93 +42,107 @@ PAD_BIAS = -1.0e30  # a padded key's score (finite, like the eager model's dtype
 
 
 @triton.jit
+def _tile(PTR, base, idx, ok, HEAD_DIM: tl.constexpr):
+    """Rows idx of one (b, h) slice of a contiguous [B, H, S, d_h] tensor: (len(idx), d_h), 0 where not ok."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    return tl.load(PTR + base + idx[:, None] * HEAD_DIM + offs_d[None, :], mask=ok[:, None], other=0.0)
+
+
+@triton.jit
+def _row_stats(M, L, DELTA, bh, seq_len, rows, row_ok):
+    """The forward's row max m and row sum l, and the backward's delta, of these query rows."""
+    at = bh * seq_len + rows
+    return (tl.load(M + at, mask=row_ok, other=0.0), tl.load(L + at, mask=row_ok, other=1.0),
+            tl.load(DELTA + at, mask=row_ok, other=0.0))
+
+
+@triton.jit
+def _scores(q, k, keep, col_ok, sm_scale):
+    """S = Q K^T / sqrt(d_h) + the key bias, in fp32; keys past the end are -inf: (BLOCK_M, BLOCK_N)."""
+    s = tl.dot(q, tl.trans(k), input_precision="ieee").to(tl.float32) * sm_scale
+    s = s + tl.where(keep > 0, 0.0, PAD_BIAS)[None, :]
+    return tl.where(col_ok[None, :], s, float("-inf"))
+
+
+@triton.jit
+def _probs(q, k, keep, m, l, row_ok, col_ok, sm_scale):
+    """P recomputed from the forward's row max m and row sum l (0 outside the rows and keys that exist)."""
+    p = tl.exp(_scores(q, k, keep, col_ok, sm_scale) - m[:, None]) / l[:, None]
+    return tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+
+
+@triton.jit
 def _attn_fwd(Q, K, V, KEEP, GATE, O, M, L, seq_len, sm_scale, n_heads,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1)                       # b * n_heads + h
+    """One program per (query block, b*h): O = gate * softmax(S) V by online softmax, and each row's m, l."""
+    start_m, bh = tl.program_id(0), tl.program_id(1)            # bh = b * n_heads + h
     b, h = bh // n_heads, bh % n_heads
-    base = bh * seq_len * HEAD_DIM              # Q, K, V, O are contiguous [B, H, S, d_h]
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < seq_len
-    q = tl.load(Q + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    base = bh * seq_len * HEAD_DIM
+    rows = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < seq_len
+    q = _tile(Q, base, rows, row_ok, HEAD_DIM)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for start_n in range(0, seq_len, BLOCK_N):
-        cols = start_n + offs_n
+        cols = start_n + tl.arange(0, BLOCK_N)
         col_ok = cols < seq_len
-        k = tl.load(K + base + cols[:, None] * HEAD_DIM + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-        v = tl.load(V + base + cols[:, None] * HEAD_DIM + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        k, v = _tile(K, base, cols, col_ok, HEAD_DIM), _tile(V, base, cols, col_ok, HEAD_DIM)
         keep = tl.load(KEEP + b * seq_len + cols, mask=col_ok, other=0.0)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * sm_scale                     # (BLOCK_M, BLOCK_N)
-        s = s + tl.where(keep > 0, 0.0, PAD_BIAS)[None, :]
-        s = tl.where(col_ok[None, :], s, float("-inf"))
+        s = _scores(q, k, keep, col_ok, sm_scale)                                 # (BLOCK_M, BLOCK_N)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp(m_i - m_new)                                               # rescales what came before
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee").to(tl.float32)
         m_i = m_new
-    gate = tl.load(GATE + h).to(tl.float32)
-    out = acc / l_i[:, None] * gate
-    tl.store(O + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
-    tl.store(M + bh * seq_len + offs_m, m_i, mask=row_ok)
-    tl.store(L + bh * seq_len + offs_m, l_i, mask=row_ok)
+    out = acc / l_i[:, None] * tl.load(GATE + h).to(tl.float32)
+    offs_d = tl.arange(0, HEAD_DIM)
+    tl.store(O + base + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(M + bh * seq_len + rows, m_i, mask=row_ok)
+    tl.store(L + bh * seq_len + rows, l_i, mask=row_ok)
 
 
 @triton.jit
 def _attn_bwd_delta(O, DO, DELTA, seq_len, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
     """delta_i = sum_d dO_id * O_id (O gated, dO the gradient of the gated output)."""
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    ok = offs_m < seq_len
-    ptrs = bh * seq_len * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
-    o = tl.load(O + ptrs, mask=ok[:, None], other=0.0).to(tl.float32)
-    do = tl.load(DO + ptrs, mask=ok[:, None], other=0.0).to(tl.float32)
-    tl.store(DELTA + bh * seq_len + offs_m, tl.sum(o * do, 1), mask=ok)
+    start_m, bh = tl.program_id(0), tl.program_id(1)
+    base = bh * seq_len * HEAD_DIM
+    rows = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ok = rows < seq_len
+    o = _tile(O, base, rows, ok, HEAD_DIM).to(tl.float32)
+    do = _tile(DO, base, rows, ok, HEAD_DIM).to(tl.float32)
+    tl.store(DELTA + bh * seq_len + rows, tl.sum(o * do, 1), mask=ok)
 
 
 @triton.jit
 def _attn_bwd_dkdv(Q, K, V, KEEP, GATE, DO, M, L, DELTA, DK, DV, DGATE, seq_len, sm_scale, n_heads, n_kblocks,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
     """One program per (key block, b*h): dK and dV of its keys, and its share of dgate[h]."""
-    start_n = tl.program_id(0)
-    bh = tl.program_id(1)
+    start_n, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // n_heads, bh % n_heads
     base = bh * seq_len * HEAD_DIM
-    offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    col_ok = offs_n < seq_len
-    k = tl.load(K + base + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-    v = tl.load(V + base + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-    keep = tl.load(KEEP + b * seq_len + offs_n, mask=col_ok, other=0.0)
-    bias = tl.where(keep > 0, 0.0, PAD_BIAS)
+    cols = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < seq_len
+    k, v = _tile(K, base, cols, col_ok, HEAD_DIM), _tile(V, base, cols, col_ok, HEAD_DIM)
+    keep = tl.load(KEEP + b * seq_len + cols, mask=col_ok, other=0.0)
     gate = tl.load(GATE + h).to(tl.float32)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dgate = tl.zeros([BLOCK_N], tl.float32)
     for start_m in range(0, seq_len, BLOCK_M):
-        rows = start_m + offs_m
+        rows = start_m + tl.arange(0, BLOCK_M)
         row_ok = rows < seq_len
-        q = tl.load(Q + base + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(DO + base + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        m = tl.load(M + bh * seq_len + rows, mask=row_ok, other=0.0)
-        l = tl.load(L + bh * seq_len + rows, mask=row_ok, other=1.0)
-        delta = tl.load(DELTA + bh * seq_len + rows, mask=row_ok, other=0.0)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * sm_scale + bias[None, :]     # (BLOCK_M, BLOCK_N)
-        p = tl.exp(s - m[:, None]) / l[:, None]
-        p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
-        dp_u = tl.dot(do, tl.trans(v)).to(tl.float32)                           # dO V^T, ungated
+        q, do = _tile(Q, base, rows, row_ok, HEAD_DIM), _tile(DO, base, rows, row_ok, HEAD_DIM)
+        m, l, delta = _row_stats(M, L, DELTA, bh, seq_len, rows, row_ok)
+        p = _probs(q, k, keep, m, l, row_ok, col_ok, sm_scale)                   # (BLOCK_M, BLOCK_N)
+        dp_u = tl.dot(do, tl.trans(v), input_precision="ieee").to(tl.float32)    # dO V^T, ungated
         dgate += tl.sum(p * dp_u, 0)
-        dv += tl.dot(tl.trans(p * gate).to(do.dtype), do).to(tl.float32)        # P^T (gate dO)
+        dv += tl.dot(tl.trans(p * gate).to(do.dtype), do, input_precision="ieee").to(tl.float32)  # P^T (gate dO)
         ds = p * (gate * dp_u - delta[:, None])
-        dk += tl.dot(tl.trans(ds).to(q.dtype), q).to(tl.float32)
-    ptrs = base + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
+        dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision="ieee").to(tl.float32)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ptrs = base + cols[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(DK + ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DV + ptrs, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DGATE + bh * n_kblocks + start_n, tl.sum(dgate, 0))
@@ -137,34 +152,25 @@ def _attn_bwd_dkdv(Q, K, V, KEEP, GATE, DO, M, L, DELTA, DK, DV, DGATE, seq_len,
 def _attn_bwd_dq(Q, K, V, KEEP, GATE, DO, M, L, DELTA, DQ, seq_len, sm_scale, n_heads,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
     """One program per (query block, b*h): dQ of its rows."""
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    start_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // n_heads, bh % n_heads
     base = bh * seq_len * HEAD_DIM
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < seq_len
-    q = tl.load(Q + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-    m = tl.load(M + bh * seq_len + offs_m, mask=row_ok, other=0.0)
-    l = tl.load(L + bh * seq_len + offs_m, mask=row_ok, other=1.0)
-    delta = tl.load(DELTA + bh * seq_len + offs_m, mask=row_ok, other=0.0)
+    rows = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < seq_len
+    q, do = _tile(Q, base, rows, row_ok, HEAD_DIM), _tile(DO, base, rows, row_ok, HEAD_DIM)
+    m, l, delta = _row_stats(M, L, DELTA, bh, seq_len, rows, row_ok)
     gate = tl.load(GATE + h).to(tl.float32)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for start_n in range(0, seq_len, BLOCK_N):
-        cols = start_n + offs_n
+        cols = start_n + tl.arange(0, BLOCK_N)
         col_ok = cols < seq_len
-        k = tl.load(K + base + cols[:, None] * HEAD_DIM + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-        v = tl.load(V + base + cols[:, None] * HEAD_DIM + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        k, v = _tile(K, base, cols, col_ok, HEAD_DIM), _tile(V, base, cols, col_ok, HEAD_DIM)
         keep = tl.load(KEEP + b * seq_len + cols, mask=col_ok, other=0.0)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * sm_scale + tl.where(keep > 0, 0.0, PAD_BIAS)[None, :]
-        p = tl.exp(s - m[:, None]) / l[:, None]
-        p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
-        dp = gate * tl.dot(do, tl.trans(v)).to(tl.float32)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k).to(tl.float32)
-    tl.store(DQ + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+        p = _probs(q, k, keep, m, l, row_ok, col_ok, sm_scale)
+        ds = p * (gate * tl.dot(do, tl.trans(v), input_precision="ieee").to(tl.float32) - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee").to(tl.float32)
+    offs_d = tl.arange(0, HEAD_DIM)
+    tl.store(DQ + base + rows[:, None] * HEAD_DIM + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
              mask=row_ok[:, None])
 
 
@@ -172,7 +178,7 @@ def _attn_bwd_dq(Q, K, V, KEEP, GATE, DO, M, L, DELTA, DQ, seq_len, sm_scale, n_
 # launchers
 
 
-def _blocks(seq_len: int, head_dim: int):
+def _blocks(seq_len: int):
     """Block sizes: 64 x 64 tiles (fewer, larger tiles: far faster in the interpreter and fine on GPUs
     for d_h <= 64); short sequences use a smaller tile, never below the 16 that tl.dot needs on GPUs."""
     block = 64 if seq_len > 32 else (32 if seq_len > 16 else 16)
@@ -198,7 +204,7 @@ def attention_forward(q, k, v, key_mask, gate):
     o = torch.empty_like(q)
     m = torch.empty(B, H, S, device=q.device, dtype=torch.float32)
     l = torch.empty_like(m)
-    BM, BN = _blocks(S, D)
+    BM, BN = _blocks(S)
     _attn_fwd[(triton.cdiv(S, BM), B * H)](q, k, v, keep, gate.contiguous(), o, m, l, S, 1.0 / math.sqrt(D), H,
                                            BLOCK_M=BM, BLOCK_N=BN, HEAD_DIM=D)
     return o, m, l
@@ -209,7 +215,7 @@ def attention_backward(q, k, v, key_mask, gate, o, m, l, do):
     B, H, S, D = q.shape
     do = do.contiguous()
     keep = key_mask.to(torch.float32).contiguous()
-    BM, BN = _blocks(S, D)
+    BM, BN = _blocks(S)
     delta = torch.empty(B, H, S, device=q.device, dtype=torch.float32)
     _attn_bwd_delta[(triton.cdiv(S, BM), B * H)](o, do, delta, S, BLOCK_M=BM, HEAD_DIM=D)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)

@@ -64,7 +64,7 @@ def _matmul(A, B, C, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride
                     mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(B + (k0 + offs_k)[:, None] * stride_bk + offs_n[None, :] * stride_bn,
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc += tl.dot(a, b).to(tl.float32)
+        acc += tl.dot(a, b, input_precision="ieee").to(tl.float32)
     ok = m_ok[:, None] & n_ok[None, :]
     c_ptrs = offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     if EPILOGUE == 0:                                                   # plain
@@ -160,8 +160,9 @@ def masked_ffn(x, w_up, b_up, w_down, b_down, z_int=None, z_ffn=None):
     F = w_up.shape[0]
     z_int = torch.ones(F, device=x.device, dtype=x.dtype) if z_int is None else z_int
     z_ffn = torch.ones((), device=x.device, dtype=x.dtype) if z_ffn is None else z_ffn
-    # one dtype for the GEMMs (under autocast the activations may be half while weights are fp32)
-    w_up, b_up, w_down, b_down, z_int, z_ffn = (t.to(x.dtype) for t in (w_up, b_up, w_down, b_down, z_int, z_ffn))
+    # one dtype for the GEMMs: autocast's (custom kernels are not cast by it), else the input's
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    x, w_up, b_up, w_down, b_down, z_int, z_ffn = (t.to(dtype) for t in (x, w_up, b_up, w_down, b_down, z_int, z_ffn))
     y = MaskedFFN.apply(x.reshape(-1, shape[-1]), w_up, b_up, z_int, w_down, b_down, z_ffn)
     return y.reshape(*shape[:-1], w_down.shape[0])
 

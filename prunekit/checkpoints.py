@@ -146,48 +146,45 @@ def config_from_hf(hf: dict, num_labels: int | None) -> PrunekitBertConfig:
         arch=arch, **extra, **labels)
 
 
+# per architecture: (its name for a layer's prefix, then prunekit's module -> its module inside a layer)
+LAYER_NAMES = {
+    "bert": ("encoder.layer", {"attention.query": "attention.self.query", "attention.key": "attention.self.key",
+                               "attention.value": "attention.self.value", "attention.output": "attention.output.dense",
+                               "attention.residual.norm": "attention.output.LayerNorm", "ffn.up": "intermediate.dense",
+                               "ffn.down": "output.dense", "ffn.residual.norm": "output.LayerNorm"}),
+    "distilbert": ("transformer.layer", {"attention.query": "attention.q_lin", "attention.key": "attention.k_lin",
+                                         "attention.value": "attention.v_lin", "attention.output": "attention.out_lin",
+                                         "attention.residual.norm": "sa_layer_norm", "ffn.up": "ffn.lin1",
+                                         "ffn.down": "ffn.lin2", "ffn.residual.norm": "output_layer_norm"}),
+}
+# prunekit's modules outside the layers -> each architecture's (None: it has none)
+OUTER_NAMES = {  #            bert                 roberta               distilbert        electra
+    "embeddings.word": ("embeddings.word_embeddings",) * 4,
+    "embeddings.position": ("embeddings.position_embeddings",) * 4,
+    "embeddings.token_type": ("embeddings.token_type_embeddings",) * 2 + (None, "embeddings.token_type_embeddings"),
+    "embeddings.norm": ("embeddings.LayerNorm",) * 4,
+    "embeddings.project": (None, None, None, "embeddings_project"),
+    "pooler": ("pooler.dense", "classifier.dense", "pre_classifier", "classifier.dense"),
+    "classifier": ("classifier", "classifier.out_proj", "classifier", "classifier.out_proj"),
+}
+
+
 def hf_key_map(arch: str, num_layers: int) -> dict:
     """prunekit weight name -> the HF checkpoint's name (body names without their 'bert.' / 'roberta.' /
-    ... prefix; head names as they are)."""
-    wb = ("weight", "bias")
-    if arch == "distilbert":
-        m = {"bert.embeddings.word.weight": "embeddings.word_embeddings.weight",
-             "bert.embeddings.position.weight": "embeddings.position_embeddings.weight"}
-        for x in wb:
-            m[f"bert.embeddings.norm.{x}"] = f"embeddings.LayerNorm.{x}"
-            for l in range(num_layers):
-                ours, hf = f"bert.layers.{l}", f"transformer.layer.{l}"
-                for name, theirs in (("query", "q_lin"), ("key", "k_lin"), ("value", "v_lin"), ("output", "out_lin")):
-                    m[f"{ours}.attention.{name}.{x}"] = f"{hf}.attention.{theirs}.{x}"
-                m[f"{ours}.attention.residual.norm.{x}"] = f"{hf}.sa_layer_norm.{x}"
-                m[f"{ours}.ffn.up.{x}"] = f"{hf}.ffn.lin1.{x}"
-                m[f"{ours}.ffn.down.{x}"] = f"{hf}.ffn.lin2.{x}"
-                m[f"{ours}.ffn.residual.norm.{x}"] = f"{hf}.output_layer_norm.{x}"
-            m[f"bert.pooler.{x}"] = f"pre_classifier.{x}"
-            m[f"classifier.{x}"] = f"classifier.{x}"
-        return m
-    m = {"bert.embeddings.word.weight": "embeddings.word_embeddings.weight",
-         "bert.embeddings.position.weight": "embeddings.position_embeddings.weight",
-         "bert.embeddings.token_type.weight": "embeddings.token_type_embeddings.weight"}
-    for x in wb:
-        m[f"bert.embeddings.norm.{x}"] = f"embeddings.LayerNorm.{x}"
-        if arch == "electra":
-            m[f"bert.embeddings.project.{x}"] = f"embeddings_project.{x}"
-        for l in range(num_layers):
-            ours, hf = f"bert.layers.{l}", f"encoder.layer.{l}"
-            for name in ("query", "key", "value"):
-                m[f"{ours}.attention.{name}.{x}"] = f"{hf}.attention.self.{name}.{x}"
-            m[f"{ours}.attention.output.{x}"] = f"{hf}.attention.output.dense.{x}"
-            m[f"{ours}.attention.residual.norm.{x}"] = f"{hf}.attention.output.LayerNorm.{x}"
-            m[f"{ours}.ffn.up.{x}"] = f"{hf}.intermediate.dense.{x}"
-            m[f"{ours}.ffn.down.{x}"] = f"{hf}.output.dense.{x}"
-            m[f"{ours}.ffn.residual.norm.{x}"] = f"{hf}.output.LayerNorm.{x}"
-        if arch == "bert":
-            m[f"bert.pooler.{x}"] = f"pooler.dense.{x}"
-            m[f"classifier.{x}"] = f"classifier.{x}"
-        else:  # RoBERTa and ELECTRA: a classification head dense -> activation -> out_proj, no pooler
-            m[f"bert.pooler.{x}"] = f"classifier.dense.{x}"
-            m[f"classifier.{x}"] = f"classifier.out_proj.{x}"
+    ... prefix; head names as they are). RoBERTa and ELECTRA have no pooler: their classification head's
+    dense layer is prunekit's pooler (with the head's activation) and its out_proj the classifier."""
+    column = HF_ARCHS.index(arch)
+    layer_prefix, inside = LAYER_NAMES["distilbert" if arch == "distilbert" else "bert"]
+    m = {}  # (embedding tables have no bias: those entries are simply never asked for)
+    for ours, theirs in OUTER_NAMES.items():
+        if theirs[column] is not None:
+            prefix = "" if ours == "classifier" else "bert."
+            for x in ("weight", "bias"):
+                m[f"{prefix}{ours}.{x}"] = f"{theirs[column]}.{x}"
+    for l in range(num_layers):
+        for ours, theirs in inside.items():
+            for x in ("weight", "bias"):
+                m[f"bert.layers.{l}.{ours}.{x}"] = f"{layer_prefix}.{l}.{theirs}.{x}"
     return m
 
 

@@ -507,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--distill-layers", help="teacher layers to distil, 0-based, comma-separated (default: every "
                    "third ending at the top one)")
     g.add_argument("--sparsity-epsilon", type=float, help=f"a pruning checkpoint may be kept while its expected "
-                   f"sparsity is within this of the target (default {K['sparsity_epsilon']:g})")
+                   f"sparsity and that of its deterministic masks are within this of the target "
+                   f"(default {K['sparsity_epsilon']:g})")
     g.add_argument("--max-steps", type=int, help="cap on the steps of each phase (quick runs)")
     g.add_argument("--eval-every", type=int, help="steps between dev evaluations (default: each epoch, at most 500)")
     g.add_argument("--save-every", type=int, help="steps between resume checkpoints (default: each evaluation, at most 200)")

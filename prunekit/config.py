@@ -61,19 +61,14 @@ class PrunekitBertConfig(PretrainedConfig):
         if any(h < 0 for h in self.num_heads) or any(f < 0 for f in self.ffn_dim) or hidden_size < 1:
             raise ValueError("head counts and FFN widths must be >= 0 and hidden_size >= 1")
         self.pooler_size = pooler_size if pooler_size is not None else hidden_size
-        self.max_position_embeddings = max_position_embeddings
-        self.type_vocab_size = type_vocab_size
-        self.layer_norm_eps = layer_norm_eps
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.classifier_dropout = classifier_dropout
-        self.initializer_range = initializer_range
-        self.arch = arch
-        self.positions_from_padding = positions_from_padding
-        self.embedding_size = embedding_size
-        self.position_embedding_type = position_embedding_type
-        self.pooler_activation = pooler_activation
-        self.pooler_input_dropout = pooler_input_dropout
+        given = dict(max_position_embeddings=max_position_embeddings, type_vocab_size=type_vocab_size,
+                     layer_norm_eps=layer_norm_eps, hidden_dropout_prob=hidden_dropout_prob,
+                     attention_probs_dropout_prob=attention_probs_dropout_prob, classifier_dropout=classifier_dropout,
+                     initializer_range=initializer_range, arch=arch, positions_from_padding=positions_from_padding,
+                     embedding_size=embedding_size, position_embedding_type=position_embedding_type,
+                     pooler_activation=pooler_activation, pooler_input_dropout=pooler_input_dropout)
+        for name, value in given.items():  # kept as given: the config.json of a model says it all
+            setattr(self, name, value)
         if pooler_activation not in ("tanh", "gelu", "relu") or position_embedding_type not in ("absolute", "sinusoidal"):
             raise ValueError(f"unknown pooler_activation {pooler_activation!r} or position_embedding_type "
                              f"{position_embedding_type!r}")

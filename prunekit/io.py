@@ -29,10 +29,19 @@ def _alive(pid: int) -> bool:
 
 
 def clean_leftovers(final: Path) -> list[Path]:
-    """Remove the temp files and directories that killed writers of `final` left beside it."""
+    """Remove the temp files and directories that killed writers of `final` left beside it. A writer
+    killed in the middle of a directory swap (the old one moved aside, the new one not yet in place)
+    is finished instead: its new directory was complete, since the old one is only moved once it is."""
     removed = []
     if not final.parent.is_dir():
         return removed
+    if not final.exists():
+        for old in final.parent.glob(f".{final.name}.old-*"):
+            pid = old.name[len(f".{final.name}.old-"):]
+            new = sorted(final.parent.glob(f".{final.name}.tmp-{pid}-*"))
+            if pid.isdigit() and not _alive(int(pid)) and len(new) == 1 and new[0].is_dir():
+                os.replace(new[0], final)
+                break
     for kind in ("tmp", "old"):
         for p in final.parent.glob(f".{final.name}.{kind}-*"):
             pid = p.name[len(f".{final.name}.{kind}-"):].split("-")[0]

@@ -56,19 +56,32 @@ class LayerMasks:
 KERNELS = ("torch", "sdpa", "triton", "auto")
 
 
-def resolve_kernels(kernels: str, device) -> str:
-    """'auto' -> 'triton' on CUDA (when Triton is there), 'sdpa' elsewhere; the others as they are."""
+def triton_fits(head_dim: int) -> bool:
+    """The Triton attention tiles head dims that are powers of two >= 16."""
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
+
+
+def resolve_kernels(kernels: str, device, head_dim: int = 64) -> str:
+    """'auto' -> 'triton' on CUDA (when Triton is there and the head dim fits), 'sdpa' elsewhere; a
+    'triton' that cannot run here is an error now rather than at the first step."""
     if kernels not in KERNELS:
         raise PrunekitError(f"kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
-    if kernels != "auto":
-        return kernels
-    if torch.device(device).type == "cuda":
-        try:
-            import triton  # noqa: F401
-            return "triton"
-        except ImportError:
-            return "sdpa"
-    return "sdpa"
+    cuda = torch.device(device).type == "cuda"
+    try:
+        import triton  # noqa: F401
+        have_triton = True
+    except ImportError:
+        have_triton = False
+    if kernels == "auto":
+        return "triton" if cuda and have_triton and triton_fits(head_dim) else "sdpa"
+    if kernels == "triton":
+        if not have_triton:
+            raise PrunekitError("--kernels triton needs the triton package")
+        if not (cuda or os.environ.get("TRITON_INTERPRET") == "1"):  # the interpreter: tests on CPU
+            raise PrunekitError("--kernels triton runs on CUDA GPUs; use sdpa (or auto) on the CPU")
+        if not triton_fits(head_dim):
+            raise PrunekitError(f"--kernels triton needs a power-of-two head dim >= 16, this model has {head_dim}")
+    return kernels
 
 
 def masked_layer_norm(x: torch.Tensor, norm: nn.LayerNorm, keep: torch.Tensor | None) -> torch.Tensor:
@@ -348,7 +361,7 @@ class PrunekitBertForSequenceClassification(PreTrainedModel):
 
     def set_kernels(self, kernels: str = "auto"):
         """Which implementation the attention and FFN sublayers run (module docstring); returns self."""
-        mode = resolve_kernels(kernels, next(self.parameters()).device)
+        mode = resolve_kernels(kernels, next(self.parameters()).device, self.config.head_dim)
         for module in self.modules():
             if isinstance(module, (Attention, FeedForward)):
                 module.kernels = mode if (mode != "sdpa" or isinstance(module, Attention)) else "torch"

@@ -3,23 +3,26 @@
 - evaluate(predict, examples, task_name): scores any `predict(batch) -> logits`, so the same code
   scores a PyTorch model, masked or not (torch_predictor), or an ONNX Runtime session.
 - Trainer: AdamW with linear warm-up and decay (transformers' schedule), gradient clipping, dev
-  evaluation every `eval_every` steps (default: each epoch), the best model kept in the output
-  directory (save_pretrained), and a resumable checkpoint in <output>/last. CoFi reuses it by
-  overriding loss(), train_step(), evaluate() and the checkpoint hooks (optimizers(),
-  checkpoint_module(), extra_state()); nothing here is global, so one Trainer per process can run
-  under DDP.
+  evaluation every `eval_every` steps (default: each epoch), the best model kept, and a resumable
+  checkpoint in <output>/last. CoFi reuses it by overriding train_step() (its own optimisers for the
+  gates and lambda), evaluate(), eligible() and the hooks for what a checkpoint holds (optimizers(),
+  checkpoint_module(), extra_state(), snapshot_best() / write_best() / read_best()). Under torchrun
+  each process trains on its share of every batch (prunekit.distributed).
 
 Output directory of a run:
-  config.json, model.safetensors, tokenizer files   the best model so far (by the task's main metric)
+  config.json, model.safetensors, tokenizer files   the best model (by the task's main metric), written
+                                                    at the end (and into last/best with each checkpoint)
   metrics.json                                      best and final dev metrics, steps, wall time
   log.jsonl                                         one line per evaluation
   train_args.json                                   the settings of the run
+  INCOMPLETE                                        while the run is under way (it is not a model yet)
   last/                                             resume checkpoint (removed when the run completes):
-     model.safetensors, optimizer-<name>.safetensors, rng.safetensors,
+     model.safetensors, optimizer-<name>.safetensors, rng.safetensors, best/,
      state.json (step, schedulers, best, history, a subclass's extra state)
 
 The batch order of epoch e depends only on (seed, e), and the dropout RNG is saved with each
-checkpoint, so a resumed run on CPU ends with the same weights as an uninterrupted one.
+checkpoint (every process's), so a resumed run on CPU ends with the same weights as an
+uninterrupted one.
 """
 import json
 import math
@@ -174,8 +177,8 @@ def set_task_labels(config, task: Task):
 class Trainer:
     """Fine-tunes `model` on `task.train`, scoring on `task.dev_sets`.
 
-    Subclasses change what is learned by overriding loss() (e.g. distillation plus a sparsity
-    penalty) and parameter_groups() (e.g. mask logits with their own learning rate).
+    Subclasses change what is learned by overriding loss() or train_step() (CoFi: distillation, the
+    Lagrangian and three optimisers) and parameter_groups() (which weights the model optimiser owns).
     """
 
     name = "finetune"  # what the progress bar says
@@ -213,6 +216,7 @@ class Trainer:
         self.history = []         # one dict per evaluation
         self.losses = []          # training losses since the last evaluation
         self.watch = Stopwatch()  # "train": the optimisation steps only (no evaluation, no checkpoints)
+        self.best_state = None    # the kept state (snapshot_best), written with checkpoints and at the end
         self.train_seconds_before = 0.0  # training time of the run before a resume
 
     # -- what is learned (override these) -------------------------------------------------------
@@ -320,6 +324,8 @@ class Trainer:
                    "epochs": self.step / self.steps_per_epoch, "train_seconds": round(self.train_seconds, 1),
                    "seconds_per_step": round(self.train_seconds / max(1, self.step), 4)}
         if main:
+            if self.best_state is not None:
+                self.write_best(self.out, self.best_state)
             write_json(self.out / "metrics.json", summary)
             shutil.rmtree(self.out / LAST, ignore_errors=True)  # the run is complete; nothing left to resume
             (self.out / INCOMPLETE).unlink(missing_ok=True)
@@ -336,8 +342,22 @@ class Trainer:
         """Whether this evaluation may become the kept model (CoFi: only once near its target size)."""
         return True
 
-    def save_best(self):
-        self.model.save_pretrained(self.out)
+    # The kept (best) state is held in memory and reaches the disk with each checkpoint (last/best) and
+    # at the end of the run: so what is on disk always belongs to the checkpoint a resume starts from.
+    def snapshot_best(self) -> dict:
+        """The kept state, as CPU tensors (the model's weights; CoFi adds its gates)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def write_best(self, directory: Path, snapshot: dict):
+        """Write a kept state where a user finds it: the model, by save_pretrained."""
+        with torch.random.fork_rng(devices=[]):  # building a model draws initial weights: not from the run's stream
+            model = type(self.model)(self.model.config)
+        model.load_state_dict(snapshot)
+        model.tokenizer = self.model.tokenizer
+        model.save_pretrained(directory)
+
+    def read_best(self, directory: Path) -> dict:
+        return load_file(str(directory / "model.safetensors"))
 
     def evaluate_and_keep_best(self, bar=None):
         train_loss = sum(self.losses) / len(self.losses)
@@ -348,13 +368,13 @@ class Trainer:
         improved = self.eligible(record) and (self.best is None or record[self.metric] > self.best[self.metric])
         if improved:
             self.best = record
+            self.best_state = self.snapshot_best()
         if not distributed.is_main():
             return
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        if improved:
-            self.save_best()
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("step", "epoch"))
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+                          if k not in ("step", "epoch"))
         (bar.write if bar is not None else print)(f"step {self.step}: {shown}{'  (best)' if improved else ''}")
 
     # -- resumable checkpoint ----------------------------------------------------------------
@@ -380,6 +400,8 @@ class Trainer:
                 groups[name] = state["param_groups"]
                 schedulers[name] = None if sched is None else sched.state_dict()
             save_file(rng, str(tmp / "rng.safetensors"))
+            if self.best_state is not None:
+                self.write_best(tmp / "best", self.best_state)
             write_json(tmp / "state.json", {
                 "step": self.step, "best": self.best, "history": self.history, "losses": self.losses,
                 "train_seconds": self.train_seconds, "param_groups": groups, "schedulers": schedulers,
@@ -411,6 +433,7 @@ class Trainer:
         if torch.cuda.is_available() and "cuda0" in rng:
             torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count())])
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
+        self.best_state = self.read_best(last / "best") if (last / "best").is_dir() else None
         self.losses = state["losses"]
         self.train_seconds_before = state["train_seconds"]
         self.load_extra_state(state["extra"])

@@ -19,13 +19,7 @@ from prunekit.cost import macs, param_counts
 QUICK = dict(batch_size=8, progress=False, eval_every=12)  # tiny runs: 12 steps per epoch of 96 examples
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot when another job holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- gates

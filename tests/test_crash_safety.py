@@ -38,7 +38,8 @@ def test_a_finetune_stopped_after_an_evaluation_is_not_a_model_until_resumed(tin
     undo = interrupt_finetune_at(monkeypatch, 6)            # after the step-4 evaluation saved a best model
     assert main(finetune_cmd(tiny_model_dir, sst2_glue_dir, out)) == 130
     undo()
-    assert (out / "config.json").is_file() and (out / "INCOMPLETE").is_file()
+    assert (out / "INCOMPLETE").is_file() and (out / "last" / "best" / "model.safetensors").is_file()
+    assert not (out / "config.json").exists()           # the best model so far lives in the checkpoint only
     capsys.readouterr()
     assert main(["eval", "--model", str(out), "--glue-dir", str(sst2_glue_dir)]) == 2
     assert "is an unfinished run (interrupted): finish it with --resume" in capsys.readouterr().err
@@ -108,3 +109,17 @@ def test_a_cofi_run_killed_with_sigkill_resumes_bit_identically(tiny_model_dir, 
         a, b = load_file(str(tmp_path / "whole" / name)), load_file(str(cut / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_a_writer_killed_in_the_middle_of_a_directory_swap_is_finished_by_the_next_one(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    final = tmp_path / "last"
+    (tmp_path / f".last.old-{dead.pid}").mkdir()                   # the previous checkpoint, moved aside
+    new = tmp_path / f".last.tmp-{dead.pid}-abc"                     # the new one, complete, not yet renamed
+    new.mkdir()
+    (new / "state.json").write_text('{"step": 12}')
+    from prunekit.io import clean_leftovers
+    clean_leftovers(final)
+    assert (final / "state.json").read_text() == '{"step": 12}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]

@@ -12,12 +12,7 @@ from prunekit.kernels.attention import attention_reference, masked_attention
 from prunekit.kernels.ffn import ffn_reference, masked_ffn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel_err(got, want):

@@ -28,7 +28,8 @@ Where this departs from the reference code, on purpose (the paper's intent, not 
     no candidate instead of pointing past the last layer, and averages over real tokens only;
   - the checkpoint rule's epsilon is honoured (the script never passed it);
   - the fine-tuned model kept is the final one by default (finetune_keep="best" picks by the dev
-    metric, which flatters the figure).
+    metric, which flatters the figure), and the fine-tuning phase decays its learning rate linearly
+    (the reference's is constant).
 """
 import copy
 import json

@@ -55,7 +55,6 @@ class ExpectedCost:
     def __init__(self, config, kind: str, lengths=None):
         if not config.is_uniform():
             raise PrunekitError("CoFi needs a dense model (same head count and FFN width in every layer)")
-        self.kind = kind
         self.L, self.H, self.F, self.d = config.num_layers, config.num_heads[0], config.ffn_dim[0], config.hidden_size
         if kind == "sparsity":
             self.costs, self.dense = param_unit_costs(config), float(param_counts(config)["encoder"])

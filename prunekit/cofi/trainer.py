@@ -123,6 +123,7 @@ class CoFiTrainer(Trainer):
         with self.autocast():  # the forward passes; gates, expected size and lambda stay fp32
             parts = self.losses_of(batch, masks)
         loss = parts["total"]
+        self.layer_map = parts["pairs"]  # (teacher layer, student layer), shown with each evaluation
         if pruning:
             expected = self.cost.sparsity(self.gates.prob_nonzero())
             target = self.target_now()
@@ -165,6 +166,8 @@ class CoFiTrainer(Trainer):
         metrics = evaluate_task(torch_predictor(self.model, self.args.device, masks), self.task,
                                 self.args.eval_batch_size, self.args.progress)
         self.model.train()
+        if getattr(self, "layer_map", None):
+            extra["layer_map"] = " ".join(f"{t}>{s}" for t, s in self.layer_map)
         return {**metrics, **extra}
 
     def eligible(self, record: dict) -> bool:
@@ -174,12 +177,24 @@ class CoFiTrainer(Trainer):
                     and abs(record["deterministic_sparsity"] - t) <= eps)
         return self.keep == "best" or self.step >= self.total_steps
 
-    def save_best(self):
+    def snapshot_best(self) -> dict:
         if self.gates is None:
-            return super().save_best()
+            return super().snapshot_best()
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.pruned_state().items()}
+
+    def write_best(self, directory, snapshot: dict):
+        if self.gates is None:
+            return super().write_best(directory, snapshot)
         from safetensors.torch import save_file
-        with atomic_file(self.out / BEST_STATE) as tmp:
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.pruned_state().items()}, str(tmp))
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_file(directory / BEST_STATE) as tmp:
+            save_file({k: v.contiguous() for k, v in snapshot.items()}, str(tmp))
+
+    def read_best(self, directory) -> dict:
+        if self.gates is None:
+            return super().read_best(directory)
+        from safetensors.torch import load_file
+        return load_file(str(directory / BEST_STATE))
 
     def pruned_state(self) -> dict:
         """What the end of pruning needs: the student's weights, the gates' log_alpha, the projection

@@ -125,6 +125,9 @@ class PostTrainConfig:
             raise PrunekitError(f"max_fit_tokens must be >= 1, got {self.max_fit_tokens}")
         if self.eval_batch_size < 1:
             raise PrunekitError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        from .. import distributed
+        if self.distill_steps > 0 and distributed.world_size() > 1:
+            raise PrunekitError("--distill-steps runs in one process: run post-training without torchrun to use it")
         if self.distill_steps < 0 or not (math.isfinite(self.distill_lr) and self.distill_lr > 0):
             raise PrunekitError(f"distill_steps must be >= 0 and distill_lr > 0, got {self.distill_steps}, "
                                 f"{self.distill_lr}")
@@ -340,10 +343,16 @@ def compress(model, task, constraint: Constraint, config: PostTrainConfig | None
     table = None
     if constraint.kind == "latency":
         from .latency import load_or_measure
+        from .. import distributed
         with watch("latency_table"):  # once per device and shape, then cached: not counted as pruning time
-            table, cached = load_or_measure(cfg, constraint.latency_batch, constraint.latency_seq_len,
-                                            constraint.lut_cache, constraint.device, constraint.latency_runtime,
-                                            config.progress, constraint.latency_threads)
+            measure = lambda: load_or_measure(cfg, constraint.latency_batch, constraint.latency_seq_len,
+                                              constraint.lut_cache, constraint.device, constraint.latency_runtime,
+                                              config.progress, constraint.latency_threads)
+            if distributed.is_main():  # under torchrun rank 0 times the blocks alone; the others read its cache
+                table, cached = measure()
+            distributed.barrier()
+            if not distributed.is_main():
+                table, cached = measure()
     with watch("search"):
         search = search_masks(constraint, cfg, fisher.head_importance, fisher.neuron_importance, lengths(sample),
                               table, config.progress, config.allow_empty_sublayers)
