@@ -159,7 +159,7 @@ COFI_OPTIONS = {"target_sparsity": "--target-sparsity", "prune_epochs": "--prune
                 "alpha_layer": "--alpha-layer", "alpha_task": "--alpha-task", "distill_layers": "--distill-layers",
                 "sparsity_epsilon": "--sparsity-epsilon", "max_steps": "--max-steps", "eval_every": "--eval-every",
                 "save_every": "--save-every", "student": "--student", "finetune_keep": "--finetune-keep",
-                "resume": "--resume", "precision": "--precision"}
+                "resume": "--resume", "precision": "--precision", "init_from": "--init-from"}
 
 
 def given(args, names) -> dict:
@@ -211,7 +211,7 @@ def cmd_cofi(args):
     options = given(args, ("prune_epochs", "finetune_epochs", "pre_prune_epochs", "lagrangian_warmup", "lr",
                            "finetune_lr", "reg_lr", "temperature", "alpha_pred", "alpha_layer", "alpha_task",
                            "sparsity_epsilon", "max_steps", "eval_every", "save_every", "student", "finetune_keep",
-                           "seed", "batch_size", "kernels", "precision"))
+                           "seed", "batch_size", "kernels", "precision", "init_from"))
     if args.distill_layers is not None:
         try:
             options["distill_layers"] = tuple(int(x) for x in args.distill_layers.split(","))
@@ -517,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--finetune-keep", choices=("final", "best"), help="which fine-tuned model to keep (default "
                    f"{K['finetune_keep']}; best picks by the dev metric, which flatters it)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted CoFi run in --output")
+    g.add_argument("--init-from", choices=("posttrain",), help="warm start: head and unit gates from post-training "
+                   "pruning's masks at the target's MACs, the target at its value from the first step")
     g.add_argument("--precision", choices=("fp32", "bf16"), help=f"forward passes in bf16 autocast, weights, gates "
                    f"and lambda in fp32 (default {K['precision']})")
     p.set_defaults(func=cmd_compress, max_length=None)

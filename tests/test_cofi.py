@@ -397,3 +397,24 @@ def test_cofi_refuses_a_teacher_whose_labels_do_not_fit_the_task(tok, sst2_glue_
     assert main(cofi_cmd(three, sst2_glue_dir, tmp_path / "out", "--target-sparsity", "0.5")) == 2
     assert "the model has 3 outputs but task sst2 has 2 labels" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_warm_start_from_post_training_masks(tmp_path):
+    from prunekit.cofi.gates import LOG_ALPHA_RANGE
+    from prunekit.cofi.pipeline import Schedule, warm_start
+    teacher = tiny_model()
+    task = synthetic_task(teacher)
+    gates = Gates(teacher.config)
+    warm_start(gates, teacher, task, Target("macs", 0.5), CoFiConfig(progress=False))
+    head = gates.log_alpha["z_head"]
+    assert set(head.flatten().tolist()) == {torch.tensor(v).float().item() for v in LOG_ALPHA_RANGE}  # on or off
+    det = gates.deterministic(ExpectedCost(teacher.config, "macs", [len(e["input_ids"]) for e in task.train]))
+    from prunekit.posttrain.pipeline import Constraint, compress as posttrain
+    pt = posttrain(teacher, task, Constraint("macs", 0.5), evaluate=False, progress=False, batch_size=32,
+                   num_samples=96)
+    assert torch.equal(det.z_head != 0, pt.masks.z_head != 0)
+    # a gate at the floor is still non-zero with probability 0.047, so the expected count of a layer's
+    # units can round up by one: post-training's units all kept, at most one more per layer
+    kept, want = det.z_int != 0, pt.masks.z_int != 0
+    assert (kept | ~want).all() and ((kept & ~want).sum(1) <= 1).all()
+    assert Schedule.of(CoFiConfig(init_from="posttrain", prune_epochs=4, batch_size=8), 96).warmup_steps == 0

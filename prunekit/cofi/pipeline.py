@@ -83,6 +83,8 @@ class CoFiConfig:
     reg_lr: float = 0.01                 # log_alpha and lambda learning rate (the paper's script)
     sparsity_epsilon: float = 0.01       # a pruning checkpoint may be kept only within epsilon of the target
     droprate_init: float = 0.5           # z_int starts at P(drop) = 0.5, i.e. log_alpha 0 (CoFi's code)
+    init_from: str | None = None         # "posttrain": start the head and unit gates from post-training's masks
+                                         # at the target's MACs (kept on, pruned off) and the target at its value
     gates: tuple = NAMES                 # which masks are learned: all five (CoFi's default)
     # Advanced: distillation
     temperature: float = 2.0             # softmax temperature of prediction distillation (the paper's script)
@@ -137,6 +139,8 @@ class CoFiConfig:
                                 "where 0 means nothing)")
         if self.alpha_pred + self.alpha_layer + self.alpha_task == 0:
             raise PrunekitError("all loss weights are 0: nothing to train on")
+        if self.init_from not in (None, "posttrain"):
+            raise PrunekitError(f"--init-from takes posttrain, not {self.init_from!r}")
         if self.finetune_keep not in ("final", "best"):
             raise PrunekitError(f"finetune_keep must be 'final' or 'best', not {self.finetune_keep!r}")
         unknown = set(self.gates) - set(NAMES)
@@ -175,7 +179,8 @@ class Schedule:
         ft = math.ceil(ft_ep * spe)
         if config.max_steps is not None:
             ft = min(ft, config.max_steps)
-        return cls(spe, prune_ep, ft_ep, pre, total, round(config.lagrangian_warmup * (total - pre)), ft)
+        warmup = 0 if config.init_from else round(config.lagrangian_warmup * (total - pre))  # a warm start is at target
+        return cls(spe, prune_ep, ft_ep, pre, total, warmup, ft)
 
 
 def train_args(config: CoFiConfig, out: Path, steps: int, spe: int, lr: float) -> TrainArgs:
@@ -185,6 +190,25 @@ def train_args(config: CoFiConfig, out: Path, steps: int, spe: int, lr: float) -
                      seed=config.seed, max_steps=steps, eval_every=eval_every,
                      save_every=config.save_every or min(eval_every, 200), eval_batch_size=config.eval_batch_size,
                      kernels=config.kernels, precision=config.precision, device=config.device, progress=config.progress)
+
+
+def warm_start(gates: Gates, teacher, task, target: Target, config: CoFiConfig) -> None:
+    """--init-from posttrain: the head and FFN-unit gates start from post-training pruning's masks at
+    the target's MACs (for a sparsity target, 1 - sparsity of the MACs): kept units at the log_alpha
+    ceiling (on), pruned ones at the floor (off); the layer and hidden gates stay on."""
+    from ..posttrain.pipeline import Constraint, PostTrainConfig
+    from ..posttrain.pipeline import compress as posttrain
+    from .gates import LOG_ALPHA_RANGE
+    macs = target.value if target.kind == "macs" else 1.0 - target.value
+    result = posttrain(teacher, task, Constraint("macs", macs), PostTrainConfig(
+        evaluate=False, device=config.device, progress=config.progress, seed=config.seed,
+        batch_size=min(32, len(task.train)), num_samples=min(2048, len(task.train))))
+    low, high = LOG_ALPHA_RANGE
+    with torch.no_grad():
+        for name, mask in (("z_head", result.masks.z_head), ("z_int", result.masks.z_int)):
+            if name in gates.log_alpha:
+                la = gates.log_alpha[name]
+                la.copy_(torch.where(mask.to(la.device) != 0, high, low))
 
 
 def check_teacher(config: CoFiConfig, teacher) -> list[int]:
@@ -279,6 +303,9 @@ def compress(teacher, task, target: Target, out, config: CoFiConfig | None = Non
     gates = Gates(teacher.config, config.gates, config.droprate_init,
                   generator=torch.Generator().manual_seed(config.seed)).to(device)
     distiller = LayerDistiller(teacher.config.hidden_size, layers)
+    if config.init_from == "posttrain" and not (resume and (out / "prune" / LAST).is_dir()):
+        with watch("warm_start"):
+            warm_start(gates, teacher, task, target, config)
 
     # -- pruning ---------------------------------------------------------------------------------
     prune_dir = out / "prune"
