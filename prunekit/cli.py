@@ -147,10 +147,7 @@ def cmd_export(args):
 
 # options of `compress` that belong to one method; parsed with default None so that the method's
 # config dataclass supplies its own default, and a user's value for the other method is an error
-POST_TRAINING_OPTIONS = {"latency": "--latency", "num_samples": "--num-samples", "latency_batch": "--latency-batch",
-                         "latency_seq_len": "--latency-seq-len", "latency_runtime": "--latency-runtime",
-                         "latency_threads": "--latency-threads", "lut_cache": "--lut-cache",
-                         "fisher_precision": "--fisher-precision", "no_eval": "--no-eval",
+POST_TRAINING_OPTIONS = {"num_samples": "--num-samples", "fisher_precision": "--fisher-precision", "no_eval": "--no-eval",
                          "allow_empty_sublayers": "--allow-empty-sublayers", "distill_steps": "--distill-steps"}
 COFI_OPTIONS = {"target_sparsity": "--target-sparsity", "prune_epochs": "--prune-epochs",
                 "finetune_epochs": "--finetune-epochs", "pre_prune_epochs": "--pre-prune-epochs",
@@ -204,10 +201,17 @@ def cmd_cofi(args):
     from .cofi.pipeline import CoFiConfig, run
     from .cofi.sparsity import Target
     from .errors import PrunekitError
-    if (args.target_sparsity is None) == (args.macs is None):
-        raise PrunekitError("give exactly one target: --target-sparsity S (share of encoder parameters removed) or "
-                            "--macs C (share of MACs kept), each in (0, 1)")
-    target = Target("sparsity", args.target_sparsity) if args.macs is None else Target("macs", args.macs)
+    targets = {k: v for k, v in (("sparsity", args.target_sparsity), ("macs", args.macs), ("latency", args.latency))
+               if v is not None}
+    if len(targets) != 1:
+        raise PrunekitError("give exactly one target: --target-sparsity S (share of encoder parameters removed), "
+                            "--macs C (share of MACs kept) or --latency C (share of block latency kept), each in (0, 1)")
+    (kind, value), = targets.items()
+    target = Target(kind, value)
+    if kind == "latency":
+        from .posttrain.pipeline import Constraint
+        target.latency = Constraint("latency", value, device=args.device, **given(args, (
+            "latency_batch", "latency_seq_len", "lut_cache", "latency_runtime", "latency_threads")))
     options = given(args, ("prune_epochs", "finetune_epochs", "pre_prune_epochs", "lagrangian_warmup", "lr",
                            "finetune_lr", "reg_lr", "temperature", "alpha_pred", "alpha_layer", "alpha_task",
                            "sparsity_epsilon", "max_steps", "eval_every", "save_every", "student", "finetune_keep",
@@ -460,22 +464,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help=f"Fisher batch (post-training) or training batch (cofi); "
                    f"default {P['batch_size']}")
     add_speed_options(p, {"kernels": None}, precision=False)
+    p.add_argument("--latency", type=float, help="fraction of the teacher's block latency to keep, in (0, 1), from "
+                   "latency tables measured at --latency-batch x --latency-seq-len")
+    p.add_argument("--latency-batch", type=int,
+                   help=f"deployment batch size for the latency tables (default {C['latency_batch']})")
+    p.add_argument("--latency-seq-len", type=int, help=f"deployment sequence length (default {C['latency_seq_len']})")
+    p.add_argument("--latency-runtime", choices=("ort", "torch"),
+                   help=f"runtime the latency tables are timed on (default {C['latency_runtime']}: ONNX Runtime, as deployed)")
+    p.add_argument("--latency-threads", type=int, help="CPU threads of the deployment runtime (default: torch's)")
+    p.add_argument("--lut-cache", help="latency table cache, JSON (default ~/.cache/prunekit/latency_lut.json)")
     for action in p._actions:  # each method's own default max length, not the shared one
         if action.dest == "max_length":
             action.help = (f"tokens per example (default: post-training 64 for sst2 and cola, as Kwon et al., else "
                            f"128; cofi {K['max_length']})")
 
     g = p.add_argument_group("post-training (--method post-training)")
-    g.add_argument("--latency", type=float, help="fraction of the teacher's block latency to keep, in (0, 1), from "
-                   "latency tables measured at --latency-batch x --latency-seq-len")
     g.add_argument("--num-samples", type=int, help=f"training examples for Fisher and tuning (default {P['num_samples']})")
-    g.add_argument("--latency-batch", type=int,
-                   help=f"deployment batch size for the latency tables (default {C['latency_batch']})")
-    g.add_argument("--latency-seq-len", type=int, help=f"deployment sequence length (default {C['latency_seq_len']})")
-    g.add_argument("--latency-runtime", choices=("ort", "torch"),
-                   help=f"runtime the latency tables are timed on (default {C['latency_runtime']}: ONNX Runtime, as deployed)")
-    g.add_argument("--latency-threads", type=int, help="CPU threads of the deployment runtime (default: torch's)")
-    g.add_argument("--lut-cache", help="latency table cache, JSON (default ~/.cache/prunekit/latency_lut.json)")
     g.add_argument("--fisher-precision", choices=("fp32", "bf16", "auto"),
                    help=f"precision of the Fisher pass (default {P['fisher_precision']}; bf16 is faster on CPUs/GPUs "
                    "with native bf16 but flips near-ties in the ranking: see bench/results/posttrain.md; auto = bf16 "

@@ -365,7 +365,8 @@ def test_cofi_verb_resumes_an_interrupted_run_and_refuses_to_resume_nothing(tiny
     (["--macs", "-0.2"], "argument --macs: -0.2 is out of range"),
     (["--target-sparsity", "0.5", "--macs", "0.5"], "give exactly one target"),
     ([], "give exactly one target"),
-    (["--target-sparsity", "0.5", "--latency", "0.5"], "--latency is not an option of --method cofi"),
+    (["--target-sparsity", "0.5", "--latency", "0.5"], "give exactly one target"),
+    (["--target-sparsity", "0.5", "--fisher-precision", "bf16"], "--fisher-precision is not an option of --method cofi"),
     (["--target-sparsity", "0.5", "--num-samples", "64"], "--num-samples is not an option of --method cofi"),
     (["--target-sparsity", "0.5", "--lr", "-1"], "argument --lr: -1 is out of range (must be finite, > 0)"),
     (["--target-sparsity", "0.5", "--prune-epochs", "nan"], "argument --prune-epochs: nan is out of range"),
@@ -418,3 +419,33 @@ def test_warm_start_from_post_training_masks(tmp_path):
     kept, want = det.z_int != 0, pt.masks.z_int != 0
     assert (kept | ~want).all() and ((kept & ~want).sum(1) <= 1).all()
     assert Schedule.of(CoFiConfig(init_from="posttrain", prune_epochs=4, batch_size=8), 96).warmup_steps == 0
+
+
+def test_latency_target_uses_the_block_tables_and_measures_the_compact_model(tmp_path):
+    """--latency: the expected block latency from the tables steers the gates; the report gives the
+    compact model's latency by the tables and as measured in ONNX Runtime against the teacher's."""
+    from prunekit.posttrain.pipeline import Constraint
+    teacher = tiny_model(hidden_size=32, head_dim=8, num_heads=[4, 4], ffn_dim=[48, 48])
+    task = synthetic_task(teacher)
+    lat = Constraint("latency", 0.6, latency_batch=4, latency_seq_len=16, lut_cache=str(tmp_path / "lut.json"),
+                     latency_runtime="torch")
+    result = compress(teacher, task, Target("latency", 0.6, lat), tmp_path / "run", CoFiConfig(
+        prune_epochs=12, finetune_epochs=0, reg_lr=0.1, **QUICK))
+    r = result.report
+    assert r["constraint"]["kind"] == "latency" and "block latency" in r["constraint"]["what"]
+    assert abs(r["constraint"]["expected_at_end"] - 0.4) < 0.1                      # 1 - 0.6 of the latency removed
+    assert set(r["latency"]["measured_ms"]) == {"teacher", "compact"} and r["latency"]["kept_measured"] > 0
+    assert 0 < r["latency"]["kept_by_table"] <= 1
+
+
+def test_expected_latency_of_certain_gates_follows_the_fitted_tables():
+    from prunekit.posttrain.search import fit_piecewise_linear
+    cfg = tiny_model().config                                        # 3 layers, 4 heads, 12 FFN units
+    table = {"mha": [1.0, 1.0, 1.5, 2.0], "ffn": [0.5] * 6 + [0.5 + 0.1 * i for i in range(1, 7)]}
+    cost = ExpectedCost(cfg, "latency", table=table)
+    fm, ff = fit_piecewise_linear(table["mha"]), fit_piecewise_linear(table["ffn"])
+    assert cost.dense == pytest.approx(3 * (float(fm(4)) + float(ff(12))))
+    probs = {"z_head": torch.tensor([[1.0, 1, 0, 0]] * 3), "z_int": torch.tensor([[1.0] * 8 + [0.0] * 4] * 3),
+             "z_mha": torch.tensor([1.0, 0.0, 1.0]), "z_hidden": torch.ones(16)}
+    want = 2 * float(fm(2)) + 3 * float(ff(8))                      # layer 1 has no attention
+    assert float(cost.expected(probs)) == pytest.approx(want, rel=1e-6)

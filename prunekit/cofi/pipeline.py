@@ -211,6 +211,33 @@ def warm_start(gates: Gates, teacher, task, target: Target, config: CoFiConfig) 
                 la.copy_(torch.where(mask.to(la.device) != 0, high, low))
 
 
+def latency_report(table: dict, target: Target, teacher, compact, config: CoFiConfig) -> dict:
+    """For a latency target: the compact model's block latency by the tables, and its latency measured
+    against the teacher's in ONNX Runtime at the deployment shape (exported, validated, interleaved)."""
+    import tempfile
+
+    from ..export.onnx_export import export_onnx
+    from ..export.optimize import time_graphs
+    from ..posttrain.search import estimate_latency
+    cfg = teacher.config
+    ones = lambda n: torch.ones(cfg.num_layers, n)
+    as_mask = lambda counts, n: (torch.arange(n)[None, :] < torch.tensor(counts)[:, None]).float()
+    table_kept = (estimate_latency(as_mask(compact.config.num_heads, cfg.num_heads[0]),
+                                   as_mask(compact.config.ffn_dim, cfg.ffn_dim[0]), table["mha"], table["ffn"])
+                  / estimate_latency(ones(cfg.num_heads[0]), ones(cfg.ffn_dim[0]), table["mha"], table["ffn"]))
+    c = target.latency
+    with tempfile.TemporaryDirectory(prefix="prunekit-latency-") as tmp:
+        paths = {}
+        for name, model in (("teacher", teacher), ("compact", compact)):
+            export_onnx(model, f"{tmp}/{name}")
+            paths[name] = f"{tmp}/{name}/model.onnx"
+        ms = time_graphs(paths, cfg, shape=(c.latency_batch, c.latency_seq_len),
+                         device="cuda" if str(config.device).startswith("cuda") else "cpu")
+    return {"runtime": c.latency_runtime, "batch": c.latency_batch, "seq_len": c.latency_seq_len,
+            "table_key": table.get("key"), "kept_by_table": table_kept * compact.config.hidden_size / cfg.hidden_size,
+            "measured_ms": ms, "kept_measured": ms["compact"] / ms["teacher"]}
+
+
 def check_teacher(config: CoFiConfig, teacher) -> list[int]:
     """What can be checked once the teacher is known, before any work: the dense shape and the
     distilled layers (returned)."""
@@ -299,7 +326,19 @@ def compress(teacher, task, target: Target, out, config: CoFiConfig | None = Non
     for w in chance:  # loudly: hours of distillation from a teacher at chance teach nothing
         warn(w.upper())
 
-    cost = ExpectedCost(teacher.config, target.kind, lengths(task.train))
+    table = None
+    if target.kind == "latency":  # the deploy runtime's block-latency tables (cached per device and shape)
+        from ..posttrain.latency import load_or_measure
+        c = target.latency
+        with watch("latency_table"):
+            if distributed.is_main():
+                table, _ = load_or_measure(teacher.config, c.latency_batch, c.latency_seq_len, c.lut_cache, device,
+                                           c.latency_runtime, config.progress, c.latency_threads)
+            distributed.barrier()
+            if not distributed.is_main():
+                table, _ = load_or_measure(teacher.config, c.latency_batch, c.latency_seq_len, c.lut_cache, device,
+                                           c.latency_runtime, config.progress, c.latency_threads)
+    cost = ExpectedCost(teacher.config, target.kind, lengths(task.train), table=table)
     gates = Gates(teacher.config, config.gates, config.droprate_init,
                   generator=torch.Generator().manual_seed(config.seed)).to(device)
     distiller = LayerDistiller(teacher.config.hidden_size, layers)
@@ -372,18 +411,21 @@ def compress(teacher, task, target: Target, out, config: CoFiConfig | None = Non
                                       if k not in ("step", "epoch", "train_loss")}
 
     cost_rep = cost_report(compact.config, lengths=lengths(task.train), reference=teacher.config)
+    latency = latency_report(table, target, teacher, compact, config) if table is not None else None
     report = {
         "method": "cofi",
         "task": task.name,
         "constraint": {"kind": target.kind, "value": target.value, "target_sparsity": target.sparsity,
-                       "what": ("fraction of encoder parameters removed" if target.kind == "sparsity"
-                                else "fraction of MACs kept, at the task's training length distribution"),
+                       "what": {"sparsity": "fraction of encoder parameters removed",
+                                "macs": "fraction of MACs kept, at the task's training length distribution",
+                                "latency": "fraction of the block latency kept (tables of the deploy runtime)"}[target.kind],
                        "expected_at_end": expected_end, "epsilon": config.sparsity_epsilon},
         "sparsity": cost_rep.sparsity,
         "macs_kept": cost_rep.macs_kept,
         "params_kept": cost_rep.params_kept,
         "structure": cost_rep.structure,
         "hidden_size": compact.config.hidden_size,
+        **({"latency": latency} if latency else {}),
         "main_metric": main_metric(task.name),
         "dev_metrics": metrics,
         "pruning_checkpoint": {"chosen": prune_summary["chosen"],

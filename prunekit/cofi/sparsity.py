@@ -7,10 +7,14 @@ expected cost replaces every count by its expectation, gates being independent:
     heads_l -> sum_h p_head,l,h ;  units_l -> sum_j p_int,l,j
     present -> p_mha,l and p_ffn,l
 so for certain gates (p in {0, 1}) it equals the exact cost of the compact model, for any d, d_h, F, L.
-Two constraints share it:
+Three constraints share it:
     "sparsity": s = 1 - E[params] / params of the dense model   (CoFi's; encoder params, section 3.1)
     "macs":     s = 1 - E[MACs] / dense MACs, at the task's length distribution (what post-training
                 pruning targets), target = 1 - (MACs kept)
+    "latency":  s = 1 - E[latency] / dense latency, from post-training's block-latency tables timed on
+                the deploy runtime: per layer, P(sublayer) * fit(expected unit count), with the
+                piecewise-linear fit (flat up to T units, then linear); the sum is scaled by the share
+                of hidden dims kept (the tables are timed at the full width: an approximation)
 
 Lagrangian (CoFi, eq. 6): L_c = lambda_1 (s - t) + lambda_2 (s - t)^2, added to the loss; the model
 and the gates minimise it, lambda_1 and lambda_2 (starting at 0) maximise it by gradient ascent with
@@ -25,22 +29,28 @@ import torch.nn as nn
 from ..cost import mac_unit_costs, param_counts, macs, param_unit_costs
 from ..errors import PrunekitError
 
-KINDS = ("sparsity", "macs")
+KINDS = ("sparsity", "macs", "latency")
 
 
 @dataclass
 class Target:
     """The size a CoFi run aims at: kind "sparsity" (value = the fraction of encoder parameters
-    removed) or "macs" (value = the fraction of MACs kept)."""
+    removed), "macs" (value = the fraction of MACs kept) or "latency" (the fraction of the dense
+    model's block latency kept, on the deployment below)."""
     kind: str
     value: float
+    latency: object = None  # for "latency": a posttrain.pipeline.Constraint with the deployment and the cache
 
     def check(self):
         if self.kind not in KINDS:
-            raise PrunekitError(f"unknown CoFi target {self.kind!r} (sparsity or macs)")
+            raise PrunekitError(f"unknown CoFi target {self.kind!r} ({', '.join(KINDS)})")
         if not (isinstance(self.value, (int, float)) and 0 < self.value < 1):
-            flag = "--target-sparsity" if self.kind == "sparsity" else "--macs"
+            flag = {"sparsity": "--target-sparsity", "macs": "--macs", "latency": "--latency"}[self.kind]
             raise PrunekitError(f"{flag} must be strictly between 0 and 1, got {self.value}")
+        if self.kind == "latency":
+            from ..posttrain.pipeline import Constraint
+            self.latency = self.latency or Constraint("latency", self.value)
+            self.latency.check()
         return self
 
     @property
@@ -52,11 +62,18 @@ class Target:
 class ExpectedCost:
     """s(gates) for one constraint on one dense model (see the module docstring)."""
 
-    def __init__(self, config, kind: str, lengths=None):
+    def __init__(self, config, kind: str, lengths=None, table: dict | None = None):
         if not config.is_uniform():
             raise PrunekitError("CoFi needs a dense model (same head count and FFN width in every layer)")
+        self.fits = None
         self.L, self.H, self.F, self.d = config.num_layers, config.num_heads[0], config.ffn_dim[0], config.hidden_size
-        if kind == "sparsity":
+        if kind == "latency":
+            if table is None:
+                raise ValueError("the latency constraint needs the block-latency tables")
+            from ..posttrain.search import fit_piecewise_linear
+            self.fits = fit_piecewise_linear(table["mha"]), fit_piecewise_linear(table["ffn"])
+            self.dense = float(self.L * (self.fits[0](self.H) + self.fits[1](self.F)))
+        elif kind == "sparsity":
             self.costs, self.dense = param_unit_costs(config), float(param_counts(config)["encoder"])
         else:
             if lengths is None:
@@ -70,7 +87,12 @@ class ExpectedCost:
         D = probs["z_hidden"].sum() if "z_hidden" in probs else self.d
         heads = probs["z_head"].sum(1) if "z_head" in probs else self.H * one(self.L)
         units = probs["z_int"].sum(1) if "z_int" in probs else self.F * one(self.L)
-        attn, ffn = self.costs.layer(D, heads, units, probs.get("z_mha", one(self.L)), probs.get("z_ffn", one(self.L)))
+        mha, ffn_on = probs.get("z_mha", one(self.L)), probs.get("z_ffn", one(self.L))
+        if self.fits is not None:  # latency: the fitted block time of the expected unit counts
+            attn = mha * self.fits[0](heads).to(ref.dtype)
+            ffn = ffn_on * self.fits[1](units).to(ref.dtype)
+            return (attn.sum() + ffn.sum()) * (D / self.d)
+        attn, ffn = self.costs.layer(D, heads, units, mha, ffn_on)
         return attn.sum() + ffn.sum()
 
     def sparsity(self, probs: dict) -> torch.Tensor:
