@@ -166,6 +166,9 @@ def report(tasks, sparsities, state: dict) -> str:
              "; everything else at `prunekit compress --method cofi`'s defaults (student = a copy of the teacher, "
              "target warm-up over the first half of pruning, lr 2e-5 / fine-tuning 3e-5, distillation T = 2, "
              "0.1 prediction + 0.9 layer loss, the fine-tuned model kept is the final one).", "",
+             "The runs: two streams of one-thread processes side by side on the 2 cores (`--threads 1`), so "
+             "their wall times are those of one core each; the step-cost and speed figures below were taken "
+             "afterwards on the quiet machine.", "",
              "Dev metric x100 (SST-2, RTE: accuracy; MRPC: F1). CoFi pruned = after pruning, before fine-tuning "
              "(deterministic masks); CoFi = the final compact model. Post-training = `prunekit compress --method "
              "post-training` at the MACs the CoFi model kept (max length 128).", "",
@@ -189,13 +192,13 @@ def report(tasks, sparsities, state: dict) -> str:
             sp_c = speed_of.get(cofi_dir(task, s).name, {}).get("speedup")
             sp_p = speed_of.get(pt_dir(task, s).name, {}).get("speedup")
             sec = r["seconds"]
-            fmt = lambda v, f: "" if v is None else format(v, f)
+            fmt = lambda v, f: "" if v is None else format(v, f.rstrip("×")) + ("×" if f.endswith("×") else "")
             lines.append(
                 f"| {task} ({m}) | {s:g} | {r['sparsity']:.3f} | {r['macs_kept']:.3f} | {r['params_kept']:.3f} | "
                 f"{d['teacher']:.2f} | {d['pruned']:.2f} | {final:.2f} | {d['teacher'] - final:+.2f} | "
                 f"≤ {TARGET_DROP[task, s]:.1f} | {fmt(pt_metric, '.2f')} | "
-                f"{fmt(None if pt is None else d['teacher'] - pt_metric, '+.2f')} | {fmt(sp_c, '.2f')}× "
-                f"(≥ {TARGET_SPEEDUP[s]:.1f}) | {fmt(sp_p, '.2f')}× | {sec.get('prune', 0) / 60:.0f} / "
+                f"{fmt(None if pt is None else d['teacher'] - pt_metric, '+.2f')} | {fmt(sp_c, '.2f×')} "
+                f"(≥ {TARGET_SPEEDUP[s]:.1f}×) | {fmt(sp_p, '.2f×')} | {sec.get('prune', 0) / 60:.0f} / "
                 f"{sec.get('finetune', 0) / 60:.0f} min | {r['seconds_per_step']['prune']:.2f} |")
             results[f"{task}-{s:g}"] = {"cofi": r, "post_training": pt}
     if state.get("step_cost"):
