@@ -105,8 +105,8 @@ def check_request(opset, quantize, fp16, device) -> None:
                             f"not {opset}")
     if device not in runtime.DEVICES:
         raise PrunekitError(f"--device must be one of {runtime.DEVICES}, not {device!r}")
-    if quantize not in (None, "int8"):
-        raise PrunekitError(f"--quantize supports only int8, not {quantize!r}")
+    if quantize not in (None, "int8", "int8-static"):
+        raise PrunekitError(f"--quantize takes int8 (dynamic) or int8-static (calibrated), not {quantize!r}")
     if quantize and fp16:
         raise PrunekitError("--quantize int8 and --fp16 exclude each other: int8 is for the CPU, fp16 for CUDA")
     if quantize and device == "cuda":
@@ -126,7 +126,7 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
 
 def export_onnx(model, out_dir, *, opset: int = DEFAULT_OPSET, optimize: bool = False, quantize: str | None = None,
                 fp16: bool = False, device: str = "cpu", overwrite: bool = False, atol: float = validate.ATOL,
-                keep_fused: bool | None = None,
+                keep_fused: bool | None = None, calibration: list[dict] | None = None,
                 external_data_above: int = EXTERNAL_DATA_ABOVE, source: str | None = None,
                 progress: bool = False) -> dict:
     """Export, validate and (optionally) optimise and quantise a prunekit model into out_dir.
@@ -144,7 +144,9 @@ def export_onnx(model, out_dir, *, opset: int = DEFAULT_OPSET, optimize: bool = 
     if device == "cuda":
         runtime.require_cuda()  # before any work: no silent CPU fallback
     config = model.config
-    stages = ["export"] + ["optimize"] * optimize + ["int8"] * (quantize == "int8") + ["fp16"] * fp16
+    stages = ["export"] + ["optimize"] * optimize + ["int8"] * bool(quantize) + ["fp16"] * fp16
+    if quantize == "int8-static" and not calibration:
+        raise PrunekitError("--quantize int8-static needs calibration examples: give --task (its training data)")
     cases = validate.make_cases(model)  # PyTorch's logits, once
     report = {"format": "onnx", "file": "model.onnx", "source": source or str(config.name_or_path or ""),
               "variant": "fp16" if fp16 else (quantize or "fp32"), "optimized": optimize, "device": device,
@@ -208,9 +210,14 @@ def export_onnx(model, out_dir, *, opset: int = DEFAULT_OPSET, optimize: bool = 
                     current = path_of("export")
 
         # 3. lower precision; measured here, judged by the task metric (prunekit eval)
-        if quantize == "int8":
-            step("int8", "dynamic quantisation")
-            info = quant.quantize_int8(current, work / "int8_raw.onnx", external_data=weight_bytes(graph) > external_data_above)
+        if quantize:
+            big = weight_bytes(graph) > external_data_above
+            if quantize == "int8-static":
+                step("int8", "static quantisation (calibration)")
+                info = quant.quantize_int8_static(current, work / "int8_raw.onnx", calibration, external_data=big)
+            else:
+                step("int8", "dynamic quantisation")
+                info = quant.quantize_int8(current, work / "int8_raw.onnx", external_data=big)
             graph = onnx.load(str(work / "int8_raw.onnx"))
             save_onnx(graph, path_of("int8"), external_data_above)
             bar.update()

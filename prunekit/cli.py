@@ -119,8 +119,9 @@ def cmd_export(args):
     from .tokenizer import require_tokenizer
     model = load_model(args.model)
     require_tokenizer(model.tokenizer, args.model, "export validates on real text and ships them")
+    calibration = calibration_feeds(model, args) if args.quantize == "int8-static" else None
     r = export_onnx(model, args.output, opset=args.opset, optimize=args.optimize, quantize=args.quantize,
-                    keep_fused=True if args.keep_fused else None,
+                    keep_fused=True if args.keep_fused else None, calibration=calibration,
                     fp16=args.fp16, device=args.device, overwrite=args.overwrite, source=args.model, progress=True)
     parity = ", ".join(f"{k} {v['max_abs_diff']:.1e}" for k, v in r["parity"].items())
     print(f"{args.model} -> {args.output}/model.onnx ({r['variant']}{', optimised' if r['optimized'] else ''}, "
@@ -162,6 +163,28 @@ COFI_OPTIONS = {"target_sparsity": "--target-sparsity", "prune_epochs": "--prune
 def given(args, names) -> dict:
     """The options among `names` the user set (parsed with default None / False)."""
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None and getattr(args, n) is not False}
+
+
+def calibration_feeds(model, args) -> list[dict]:
+    """Static int8's calibration set: --calibration-samples training examples of --task, in batches."""
+    import numpy as np
+    import torch
+
+    from .data import collate, load_task
+    from .errors import PrunekitError
+    from .training import resolve_max_length, trained_labels
+    task_name = args.task or getattr(model.config, "finetuning_task", None)
+    if not task_name:
+        raise PrunekitError("--quantize int8-static calibrates on a task's training examples: give --task")
+    task = load_task(task_name, model.tokenizer, glue_dir=args.glue_dir, labels=trained_labels(model.config),
+                     max_length=resolve_max_length(model.config, None, model_name=args.model))
+    g = torch.Generator().manual_seed(0)
+    picked = [task.train[i] for i in torch.randperm(len(task.train), generator=g)[:args.calibration_samples].tolist()]
+    feeds = []
+    for i in range(0, len(picked), 16):
+        batch = collate(picked[i:i + 16])
+        feeds.append({k: batch[k].numpy().astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})
+    return feeds
 
 
 def cmd_compress(args):
@@ -357,7 +380,7 @@ NUMERIC = {
     "seq_len": POSITIVE_INT, "max_length": number(int, 2), "threads": POSITIVE_INT, "epochs": POSITIVE,
     "lr": POSITIVE, "batch_size": POSITIVE_INT, "weight_decay": NON_NEGATIVE, "warmup_ratio": number(float, 0, 1,
     high_open=True), "max_steps": POSITIVE_INT, "max_train_samples": POSITIVE_INT, "eval_every": POSITIVE_INT,
-    "save_every": POSITIVE_INT, "num_samples": POSITIVE_INT, "distill_steps": number(int, 0), "latency_batch": POSITIVE_INT,
+    "save_every": POSITIVE_INT, "num_samples": POSITIVE_INT, "calibration_samples": POSITIVE_INT, "distill_steps": number(int, 0), "latency_batch": POSITIVE_INT,
     "latency_seq_len": number(int, 2), "latency_threads": POSITIVE_INT, "opset": number(int, 14, 20),
     "macs": FRACTION, "latency": FRACTION, "target_sparsity": FRACTION, "prune_epochs": NON_NEGATIVE,
     "finetune_epochs": NON_NEGATIVE, "pre_prune_epochs": NON_NEGATIVE, "lagrangian_warmup": number(float, 0, 1),
@@ -444,7 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimize", action="store_true", help="ONNX Runtime transformer fusion (per-layer head counts); "
                    "the fused graph is kept only if it is faster than the plain one at b32/s128 on the target device")
     p.add_argument("--keep-fused", action="store_true", help="with --optimize: keep the fused graph without timing it")
-    p.add_argument("--quantize", metavar="int8", help="int8: dynamic quantisation for the CPU provider")
+    p.add_argument("--quantize", choices=("int8", "int8-static"), help="int8: dynamic quantisation for the CPU "
+                   "provider; int8-static: activations too, scales calibrated on --task's training examples")
+    p.add_argument("--task", help="int8-static: the task whose training examples calibrate (default: the model's)")
+    p.add_argument("--glue-dir", help="int8-static: glue_data directory (default: $GLUE_DIR)")
+    p.add_argument("--calibration-samples", type=int, default=256, help="int8-static: examples (default %(default)s)")
     p.add_argument("--fp16", action="store_true", help="half precision for the CUDA provider (needs --device cuda)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the provider the export targets")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")

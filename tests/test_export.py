@@ -330,7 +330,7 @@ def test_fp16_export_runs_on_cuda_with_io_binding(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     ([], "name the format: --onnx"),
-    (["--onnx", "--quantize", "int4"], "--quantize supports only int8"),
+    (["--onnx", "--quantize", "int4"], "argument --quantize: invalid choice: 'int4'"),
     (["--onnx", "--fp16"], "--fp16 needs --device cuda"),
     (["--onnx", "--quantize", "int8", "--fp16", "--device", "cuda"], "exclude each other"),
     (["--onnx", "--opset", "30"], "argument --opset: 30 is out of range (must be finite, >= 14 and <= 20)"),
@@ -366,3 +366,19 @@ def test_optimize_keeps_whichever_graph_is_faster(winner, tmp_path, monkeypatch)
     assert json.loads((tmp_path / "out" / "export_report.json").read_text())["fusion"]["timing"]["kept"] == winner
     assert not (tmp_path / "out" / ".work").exists() and sorted(p.name for p in (tmp_path / "out").iterdir()
                                                                  if p.name.startswith("model.onnx")) == ["model.onnx"]
+
+
+def test_static_int8_calibrates_on_the_task_and_quantises_activations(tiny_model_dir, sst2_glue_dir, tmp_path,
+                                                                      capsys):
+    out = tmp_path / "static"
+    assert main(["export", "--onnx", "--model", str(tiny_model_dir), "--output", str(out), "--quantize",
+                 "int8-static", "--task", "sst2", "--glue-dir", str(sst2_glue_dir), "--calibration-samples", "48"]) == 0
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["variant"] == "int8-static" and report["quantized"]["calibration_batches"] == 3
+    ops = report["node_counts"]["final"]
+    assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0        # activations quantised too
+    assert main(["eval", "--model", str(out), "--task", "sst2", "--glue-dir", str(sst2_glue_dir)]) == 0  # runs in ORT
+    capsys.readouterr()
+    assert main(["export", "--onnx", "--model", str(tiny_model_dir), "--output", str(tmp_path / "x"), "--quantize",
+                 "int8-static"]) == 2
+    assert "calibrates on a task's training examples: give --task" in capsys.readouterr().err
