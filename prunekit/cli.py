@@ -33,7 +33,9 @@ def cmd_prune(args):
     from .cost import cost_report, format_report
     from .io import output_dir
     from .masks import Masks
+    from .io import check_output_path
     from .surgery import prune
+    check_output_path(args.output, args.model)
     model = load_model(args.model)
     masks = Masks.load(args.masks, model.config)
     compact = prune(model, masks)
@@ -51,6 +53,8 @@ def cmd_finetune(args):
                            group_by_length=not args.no_group_by_length, device=args.device,
                            kernels=args.kernels, precision=args.precision)
     check_device(args.device)
+    from .io import check_output_path
+    check_output_path(args.output, args.model)
     summary = finetune(args.model, args.task, train_args, resume=args.resume, overwrite=args.overwrite,
                        **data_args(args), max_train_samples=args.max_train_samples)
     best, metric = summary["best"], summary["main_metric"]
@@ -82,10 +86,13 @@ def cmd_eval(args):
     from .training import check_labels, evaluate_task, resolve_max_length, trained_labels
     set_threads(args)
     check_device(args.device)
-    if args.output and Path(args.output).exists() and not args.overwrite:
-        raise PrunekitError(f"--output {args.output} already exists; pass --overwrite to replace it")
     if args.output and Path(args.output).is_dir():
         raise PrunekitError(f"--output {args.output} is a directory; it names the JSON file to write")
+    if args.output and Path(args.output).exists() and not args.overwrite:
+        raise PrunekitError(f"--output {args.output} already exists; pass --overwrite to replace it")
+    if args.output:
+        from .io import check_output_path
+        check_output_path(args.output)
     if args.batch_size < 1:
         raise PrunekitError(f"--batch-size must be >= 1, got {args.batch_size}")
     predict, tokenizer, config = load_predictor(args.model, args.device)
@@ -114,6 +121,13 @@ def cmd_export(args):
         raise PrunekitError("name the format: --onnx (the only one so far)")
     from prunekit.export.onnx_export import check_output_dir, check_request, export_onnx
     check_request(args.opset, args.quantize, args.fp16, args.device)  # before the model is loaded
+    from .io import check_output_path
+    check_output_path(args.output, args.model)
+    if args.keep_fused and not args.optimize:
+        raise PrunekitError("--keep-fused goes with --optimize (it keeps the fused graph without timing it)")
+    if args.quantize != "int8-static" and (args.task or args.glue_dir or args.calibration_samples):
+        raise PrunekitError("--task, --glue-dir and --calibration-samples calibrate --quantize int8-static only")
+    args.calibration_samples = args.calibration_samples or 256
     if not args.overwrite:
         check_output_dir(Path(args.output), overwrite=False)
     from .tokenizer import require_tokenizer
@@ -193,6 +207,8 @@ def cmd_compress(args):
     if args.method not in methods:
         raise PrunekitError(f"unknown --method {args.method!r} (post-training or cofi)")
     run_method, foreign = methods[args.method]
+    from .io import check_output_path
+    check_output_path(args.output, args.teacher)
     wrong = given(args, foreign)
     if wrong:
         flags = ", ".join(foreign[n] for n in wrong)
@@ -376,16 +392,21 @@ def number(kind, low=None, high=None, low_open=False, high_open=False):
 POSITIVE_INT, POSITIVE, NON_NEGATIVE = number(int, 1), number(float, 0, low_open=True), number(float, 0)
 FRACTION = number(float, 0, 1, low_open=True, high_open=True)
 # every numeric option of every verb, by its dest: checked as it is parsed, before any work
+COUNT = number(int, 1, 10**7)       # sizes and counts: positive, and not absurd (1e20 examples, 1e5 threads)
+EPOCHS = number(float, 0, 10**4)
+RATE = number(float, 1e-10, 10)     # learning rates: 1e-300 trains nothing, 1e3 diverges at once
 NUMERIC = {
-    "seq_len": POSITIVE_INT, "max_length": number(int, 2), "threads": POSITIVE_INT, "epochs": POSITIVE,
-    "lr": POSITIVE, "batch_size": POSITIVE_INT, "weight_decay": NON_NEGATIVE, "warmup_ratio": number(float, 0, 1,
-    high_open=True), "max_steps": POSITIVE_INT, "max_train_samples": POSITIVE_INT, "eval_every": POSITIVE_INT,
-    "save_every": POSITIVE_INT, "num_samples": POSITIVE_INT, "calibration_samples": POSITIVE_INT, "distill_steps": number(int, 0), "latency_batch": POSITIVE_INT,
-    "latency_seq_len": number(int, 2), "latency_threads": POSITIVE_INT, "opset": number(int, 14, 20),
-    "macs": FRACTION, "latency": FRACTION, "target_sparsity": FRACTION, "prune_epochs": NON_NEGATIVE,
-    "finetune_epochs": NON_NEGATIVE, "pre_prune_epochs": NON_NEGATIVE, "lagrangian_warmup": number(float, 0, 1),
-    "finetune_lr": POSITIVE, "reg_lr": POSITIVE, "temperature": POSITIVE, "alpha_pred": NON_NEGATIVE,
-    "alpha_layer": NON_NEGATIVE, "alpha_task": NON_NEGATIVE, "sparsity_epsilon": NON_NEGATIVE,
+    "seq_len": COUNT, "max_length": number(int, 2, 10**6), "threads": number(int, 1, 1024), "epochs": number(float, 0, 10**4, low_open=True),
+    "lr": RATE, "batch_size": number(int, 1, 10**5), "weight_decay": number(float, 0, 10), "warmup_ratio":
+    number(float, 0, 1, high_open=True), "max_steps": number(int, 1, 10**9), "max_train_samples": COUNT,
+    "eval_every": COUNT, "save_every": COUNT, "num_samples": COUNT, "calibration_samples": number(int, 1, 10**5),
+    "distill_steps": number(int, 0, 10**7), "latency_batch": number(int, 1, 10**5),
+    "latency_seq_len": number(int, 2, 10**6), "latency_threads": number(int, 1, 1024), "opset": number(int, 14, 20),
+    "seed": number(int, 0, 2**32 - 1), "macs": FRACTION, "latency": FRACTION, "target_sparsity": FRACTION,
+    "prune_epochs": EPOCHS, "finetune_epochs": EPOCHS, "pre_prune_epochs": EPOCHS,
+    "lagrangian_warmup": number(float, 0, 1), "finetune_lr": RATE, "reg_lr": RATE, "temperature": number(float, 0, 100,
+    low_open=True), "alpha_pred": NON_NEGATIVE, "alpha_layer": NON_NEGATIVE, "alpha_task": NON_NEGATIVE,
+    "sparsity_epsilon": number(float, 0, 1),
 }
 
 
@@ -471,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "provider; int8-static: activations too, scales calibrated on --task's training examples")
     p.add_argument("--task", help="int8-static: the task whose training examples calibrate (default: the model's)")
     p.add_argument("--glue-dir", help="int8-static: glue_data directory (default: $GLUE_DIR)")
-    p.add_argument("--calibration-samples", type=int, default=256, help="int8-static: examples (default %(default)s)")
+    p.add_argument("--calibration-samples", type=int, help="int8-static: examples (default 256)")
     p.add_argument("--fp16", action="store_true", help="half precision for the CUDA provider (needs --device cuda)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the provider the export targets")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
@@ -562,6 +583,7 @@ def main(argv=None) -> int:
 
     from .errors import PrunekitError
     hf_logging.disable_progress_bar()  # transformers' per-load "Loading weights" bar is noise here
+    hf_logging.set_verbosity_error()   # and its load reports: the CLI says what went wrong in one line
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"  # one line each
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -51,6 +51,31 @@ def clean_leftovers(final: Path) -> list[Path]:
     return removed
 
 
+def check_output_path(path, *inputs) -> Path:
+    """An output path that can be written and replaced safely: it names something (not '.', '/' or the
+    working directory), no parent of it is a file, and it is neither an input nor a folder holding one
+    (replacing it would delete what is being read)."""
+    final = Path(path)
+    resolved = final.resolve()
+    if final.name in ("", ".", "..") or resolved == Path.cwd() or resolved == Path(resolved.anchor):
+        raise PrunekitError(f"--output {path} must name a new or replaceable file or directory, not '.', '/' or "
+                            "the working directory")
+    for parent in resolved.parents:
+        if parent.exists() and not parent.is_dir():
+            raise PrunekitError(f"--output {path}: {parent} is a file, not a directory")
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        if source == resolved or resolved in source.parents:
+            raise PrunekitError(f"--output {path} would replace the input {given}: write somewhere else")
+    return final
+
+
+REPLACEABLE = ("config.json", "model.safetensors", "model.onnx", "report.json", "export_report.json",
+               "train_args.json", "INCOMPLETE", "last", "prune")  # what marks a directory prunekit wrote
+
+
 def _temp_dir_beside(final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(final)
@@ -88,15 +113,23 @@ def output_dir(path, overwrite: bool = False):
     An existing `path` is refused unless overwrite; on failure the temp dir is removed and `path`
     is untouched.
     """
-    final = Path(path)
+    final = check_output_path(path)
     if final.exists() and not overwrite:
         raise PrunekitError(f"{final} already exists; pass --overwrite to replace it")
+    if final.is_dir() and any(final.iterdir()) and not any((final / m).exists() for m in REPLACEABLE):
+        raise PrunekitError(f"refusing to replace {final}: it does not look like a prunekit output (none of "
+                            f"{', '.join(REPLACEABLE[:5])}, ...)")
+    if final.exists() and not final.is_dir():
+        raise PrunekitError(f"--output {final} is a file; it names a directory")
     tmp = _temp_dir_beside(final)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # a temp dir is private (0700); the output gets the usual mode
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)

@@ -10,6 +10,7 @@ Kwon et al.'s head and neuron masks are z_head and z_int. Masks apply to a model
 have the same head count and FFN width (a dense model); surgery turns them into a compact model.
 """
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
@@ -70,6 +71,8 @@ class Masks:
 
     @classmethod
     def load(cls, path, config=None) -> "Masks":
+        if Path(path).is_dir():
+            raise PrunekitError(f"{path} is a directory; --masks names a .safetensors file")
         try:
             tensors = load_file(str(path))
         except FileNotFoundError as e:
@@ -79,6 +82,8 @@ class Masks:
         unknown = set(tensors) - set(NAMES)
         if unknown:
             raise PrunekitError(f"{path}: unknown mask names {sorted(unknown)}; expected some of {list(NAMES)}")
+        if not tensors:
+            raise PrunekitError(f"{path} holds no masks (expected some of {', '.join(NAMES)})")
         masks = cls(**{n: t.float() for n, t in tensors.items()})
         return masks.validate(config) if config is not None else masks
 

@@ -103,10 +103,29 @@ def prune(model, masks: Masks):
     if bad:  # e.g. mask values of 1e38: the masked model computed inf or NaN too
         raise PrunekitError(f"the mask values make folded weights non-finite ({', '.join(bad[:3])}"
                             f"{', ...' if len(bad) > 3 else ''}): refusing to save a model that computes inf or NaN")
+    if not any(num_heads) and not any(ffn_dim):
+        raise PrunekitError("the masks remove every attention and FFN sublayer: nothing of the encoder would be left")
     new_cfg = type(cfg).from_dict({**cfg.to_dict(), "hidden_size": len(hid), "num_heads": num_heads,
                                    "ffn_dim": ffn_dim, "pooler_size": cfg.pooler_size})
     compact = type(model)(new_cfg)
     compact.load_state_dict({k: v.to(src[k].dtype) if k in src else v for k, v in out.items()}, strict=True)
     compact.to(dev).train(model.training)
     compact.tokenizer = model.tokenizer
+    check_finite_outputs(compact)
     return compact
+
+
+@torch.no_grad()
+def check_finite_outputs(model) -> None:
+    """Weights can all be finite and still overflow to inf / NaN in the forward (a mask of 1e38 folded
+    into V): run a small fixed batch and refuse a model whose logits are not finite."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, cfg.vocab_size, (2, min(8, cfg.longest_sequence)), generator=g)
+    was = model.training
+    model.eval()
+    logits = model(input_ids=ids.to(next(model.parameters()).device)).logits
+    model.train(was)
+    if not torch.isfinite(logits).all():
+        raise PrunekitError("the mask values make the pruned model's outputs inf or NaN (e.g. scales of 1e38): "
+                            "refusing to save it")

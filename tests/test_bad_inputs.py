@@ -53,6 +53,28 @@ def unfinished(d):
     return d
 
 
+def copy_model(t, m, name="copy"):
+    import shutil
+    shutil.copytree(m, t / name)
+    return str(t / name)
+
+
+def zero_masks(t):
+    Masks(z_head=torch.zeros(3, 4), z_int=torch.zeros(3, 12)).save(t / "zero.safetensors")
+    return str(t / "zero.safetensors")
+
+
+def empty_masks(t):
+    from safetensors.torch import save_file
+    save_file({}, str(t / "empty.safetensors"))
+    return str(t / "empty.safetensors")
+
+
+def huge_head_masks(t):
+    Masks(z_head=torch.full((3, 4), 1e38)).save(t / "hh.safetensors")
+    return str(t / "hh.safetensors")
+
+
 # (verb, a function of (tmp_path, model_dir, glue_dir) giving the arguments, what the line must say)
 CASES = [
     ("info", lambda t, m, g: [str(m), "--seq-len", "-5"], "argument --seq-len: -5 is out of range"),
@@ -75,6 +97,37 @@ CASES = [
      "make folded weights non-finite"),
     ("prune", lambda t, m, g: ["--model", str(m), "--masks", huge_masks(t), "--output", str(t / "o"), "--seq-len",
                                "0"], "argument --seq-len: 0 is out of range"),
+    ("info", lambda t, m, g: [str(m), "--seq-len", "99999999999999999999"], "argument --seq-len: 99999999999999999999 is "
+     "out of range"),
+    ("prune", lambda t, m, g: ["--model", str(m), "--masks", str(t), "--output", str(t / "o")],
+     "is a directory; --masks names a .safetensors file"),
+    ("prune", lambda t, m, g: ["--model", str(m), "--masks", empty_masks(t), "--output", str(t / "o")], "holds no masks"),
+    ("prune", lambda t, m, g: ["--model", str(m), "--masks", zero_masks(t), "--output", str(t / "o")],
+     "remove every attention and FFN sublayer"),
+    ("prune", lambda t, m, g: ["--model", str(m), "--masks", huge_head_masks(t), "--output", str(t / "o")],
+     "outputs inf or NaN"),
+    ("prune", lambda t, m, g: ["--model", copy_model(t, m), "--masks", huge_masks(t), "--output", str(t / "copy"),
+                               "--overwrite"], "would replace the input"),
+    ("prune", lambda t, m, g: ["--model", copy_model(t, m, "sub/model"), "--masks", huge_masks(t), "--output",
+                               str(t / "sub"), "--overwrite"], "would replace the input"),
+    ("prune", lambda t, m, g: ["--model", str(m), "--masks", huge_masks(t), "--output", ".", "--overwrite"],
+     "must name a new or replaceable file or directory"),
+    ("prune", lambda t, m, g: ["--model", str(m), "--masks", huge_masks(t), "--output", a_file(t) + "/sub"],
+     "is a file, not a directory"),
+    ("finetune", lambda t, m, g: ["--model", str(m), "--task", "sst2", "--output", str(t / "o"), "--threads", "100000"],
+     "argument --threads: 100000 is out of range"),
+    ("finetune", lambda t, m, g: ["--model", str(m), "--task", "sst2", "--output", str(t / "o"), "--lr", "1e-300"],
+     "argument --lr: 1e-300 is out of range"),
+    ("export", lambda t, m, g: ["--onnx", "--model", str(m), "--output", str(t / "o"), "--keep-fused"],
+     "--keep-fused goes with --optimize"),
+    ("export", lambda t, m, g: ["--onnx", "--model", str(m), "--output", str(t / "o"), "--task", "foo"],
+     "calibrate --quantize int8-static only"),
+    ("compress", lambda t, m, g: ["--method", "cofi", "--teacher", str(m), "--task", "sst2", "--glue-dir", str(g),
+                                  "--output", str(t / "o"), "--target-sparsity", "0.5", "--student", str(t / "nope")],
+     "model directory not found"),
+    ("compress", lambda t, m, g: ["--method", "cofi", "--teacher", str(m), "--task", "sst2", "--glue-dir", str(g),
+                                  "--output", str(t / "o"), "--target-sparsity", "0.5", "--kernels", "triton"],
+     "--kernels triton "),  # (on CUDA only, or for tileable head dims: this tiny model has neither)
     ("finetune", lambda t, m, g: ["--model", str(m), "--task", "sst2", "--output", str(t / "o"), "--epochs", "0"],
      "argument --epochs: 0 is out of range"),
     ("finetune", lambda t, m, g: ["--model", str(m), "--task", "sst2", "--output", str(t / "o"), "--lr", "inf"],

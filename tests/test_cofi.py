@@ -368,7 +368,7 @@ def test_cofi_verb_resumes_an_interrupted_run_and_refuses_to_resume_nothing(tiny
     (["--target-sparsity", "0.5", "--latency", "0.5"], "give exactly one target"),
     (["--target-sparsity", "0.5", "--fisher-precision", "bf16"], "--fisher-precision is not an option of --method cofi"),
     (["--target-sparsity", "0.5", "--num-samples", "64"], "--num-samples is not an option of --method cofi"),
-    (["--target-sparsity", "0.5", "--lr", "-1"], "argument --lr: -1 is out of range (must be finite, > 0)"),
+    (["--target-sparsity", "0.5", "--lr", "-1"], "argument --lr: -1 is out of range (must be finite, >= 1e-10 and <= 10)"),
     (["--target-sparsity", "0.5", "--prune-epochs", "nan"], "argument --prune-epochs: nan is out of range"),
     (["--target-sparsity", "0.5", "--reg-lr", "x"], "argument --reg-lr: 'x' is not a number"),
     (["--target-sparsity", "0.5", "--distill-layers", "2,x"], "--distill-layers takes layer numbers"),

@@ -243,6 +243,11 @@ def check_teacher(config: CoFiConfig, teacher) -> list[int]:
     distilled layers (returned)."""
     if not teacher.config.is_uniform():
         raise PrunekitError("CoFi needs a dense teacher (same head count and FFN width in every layer)")
+    from ..model import resolve_kernels
+    resolve_kernels(config.kernels, config.device, teacher.config.head_dim)
+    if config.student is not None:
+        from ..checkpoints import config_of, resolve
+        check_student_shape(config.student, config_of(resolve(config.student)), teacher.config)
     L = teacher.config.num_layers
     layers = list(config.distill_layers) if config.distill_layers is not None else teacher_layers(L)
     if not layers or any(not 0 <= i < L for i in layers):
@@ -276,15 +281,19 @@ SHAPE_KEYS = ("num_heads", "ffn_dim", "hidden_size", "head_dim", "vocab_size", "
               "embedding_size", "type_vocab_size", "positions_from_padding")
 
 
+def check_student_shape(name, student, teacher) -> None:
+    differ = [k for k in SHAPE_KEYS if getattr(student, k) != getattr(teacher, k)]
+    if differ:
+        raise PrunekitError(f"--student {name} differs from the teacher in {', '.join(differ)}: it reads the "
+                            "teacher's tokens and is matched layer by layer, so it must have the teacher's shape")
+
+
 def new_student(teacher, config: CoFiConfig):
     if config.student is None:
         return copy.deepcopy(teacher).requires_grad_(True).train()
     from ..checkpoints import load_model
     student = load_model(config.student, num_labels=teacher.config.num_labels)
-    differ = [k for k in SHAPE_KEYS if getattr(student.config, k) != getattr(teacher.config, k)]
-    if differ:
-        raise PrunekitError(f"--student {config.student} differs from the teacher in {', '.join(differ)}: it reads "
-                            "the teacher's tokens and is matched layer by layer, so it must have the teacher's shape")
+    check_student_shape(config.student, student.config, teacher.config)
     student.tokenizer = teacher.tokenizer
     return student.train()
 
@@ -472,13 +481,19 @@ def run(teacher: str, task_name: str, output: str, target: Target, config: CoFiC
     model, task, warnings = load_teacher_and_task(teacher, task_name, data, purpose="CoFi",
                                                   default_max_length=config.max_length)
     check_teacher(config, model)
+    created = not out.exists() or overwrite
     if not resume and distributed.is_main():
         prepare_output(output, resume=False, overwrite=overwrite)
     if distributed.is_main():  # until the very end, the directory is not a model (load_model refuses it)
         out.mkdir(parents=True, exist_ok=True)
         (out / INCOMPLETE).write_text("an interrupted CoFi run: continue it with --resume\n")
     distributed.barrier()
-    compact, masks, report = compress(model, task, target, out, config, resume=resume, warnings=warnings)
+    try:
+        compact, masks, report = compress(model, task, target, out, config, resume=resume, warnings=warnings)
+    except BaseException:
+        if created and distributed.is_main() and not (out / "prune").exists():  # failed before any work to keep
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     report = {"teacher": str(teacher), "max_length": data["max_length"],
               "command": command or " ".join(sys.argv), **report}
     compact.config.finetuning_task = task.name
