@@ -357,8 +357,8 @@ def add_speed_options(p, defaults: dict, precision: bool = True):
     from .model import KERNELS
     p.add_argument("--kernels", choices=KERNELS, default=defaults["kernels"],
                    help="attention / FFN implementation while training: torch (exact eager; default), sdpa "
-                   "(PyTorch's fused attention: the fast CPU path), triton (fused kernels, CUDA), auto (triton on "
-                   "CUDA, sdpa elsewhere); bench/results/train_speed.md measures them")
+                   "(PyTorch's fused attention), triton (fused kernels, CUDA), auto (triton on CUDA, torch elsewhere); "
+                   "on CPU the fast path is --precision bf16 (bench/results/train_speed_paths.md)")
     if precision:
         p.add_argument("--precision", choices=("fp32", "bf16"), default=defaults["precision"],
                        help="bf16: forward passes under bfloat16 autocast with fp32 master weights (fast where the "

@@ -21,10 +21,11 @@ hidden dims.)
 
 Kernels (model.set_kernels): "torch" (the default) is the eager reference above, the one export and
 every exactness test use; "sdpa" computes attention with PyTorch's scaled_dot_product_attention
-(the fast CPU path: no S x S tensor kept for backward), the head gate on its output; "triton" runs
+(no S x S tensor kept for backward), the head gate on its output; "triton" runs
 the fused Triton kernels of prunekit.kernels for attention (online softmax, gate inside, no
 attention-probability dropout) and for the FFN (bias, GELU and both gates in GEMM epilogues);
-"auto" is triton on CUDA and sdpa elsewhere. All compute the same function within float rounding.
+"auto" is triton on CUDA and torch elsewhere (on CPU the speed comes from bf16 autocast, not from
+SDPA: bench/results/train_speed_paths.md). All compute the same function within float rounding.
 """
 import math
 import os
@@ -62,8 +63,10 @@ def triton_fits(head_dim: int) -> bool:
 
 
 def resolve_kernels(kernels: str, device, head_dim: int = 64) -> str:
-    """'auto' -> 'triton' on CUDA (when Triton is there and the head dim fits), 'sdpa' elsewhere; a
-    'triton' that cannot run here is an error now rather than at the first step."""
+    """'auto' -> 'triton' on CUDA (when Triton is there and the head dim fits), else the eager 'torch'
+    path (on this project's CPU, SDPA measured slower than eager attention for MiniLM training steps:
+    bench/results/train_speed_paths.md); a 'triton' that cannot run here is an error now rather than
+    at the first step."""
     if kernels not in KERNELS:
         raise PrunekitError(f"kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
     cuda = torch.device(device).type == "cuda"
@@ -73,7 +76,7 @@ def resolve_kernels(kernels: str, device, head_dim: int = 64) -> str:
     except ImportError:
         have_triton = False
     if kernels == "auto":
-        return "triton" if cuda and have_triton and triton_fits(head_dim) else "sdpa"
+        return "triton" if cuda and have_triton and triton_fits(head_dim) else "torch"
     if kernels == "triton":
         if not have_triton:
             raise PrunekitError("--kernels triton needs the triton package")
