@@ -163,7 +163,8 @@ def cmd_export(args):
 # options of `compress` that belong to one method; parsed with default None so that the method's
 # config dataclass supplies its own default, and a user's value for the other method is an error
 POST_TRAINING_OPTIONS = {"num_samples": "--num-samples", "fisher_precision": "--fisher-precision", "no_eval": "--no-eval",
-                         "allow_empty_sublayers": "--allow-empty-sublayers", "distill_steps": "--distill-steps"}
+                         "allow_empty_sublayers": "--allow-empty-sublayers", "distill_steps": "--distill-steps",
+                         "distill_precision": "--distill-precision"}
 COFI_OPTIONS = {"target_sparsity": "--target-sparsity", "prune_epochs": "--prune-epochs",
                 "finetune_epochs": "--finetune-epochs", "pre_prune_epochs": "--pre-prune-epochs",
                 "lagrangian_warmup": "--lagrangian-warmup", "lr": "--lr", "finetune_lr": "--finetune-lr",
@@ -229,7 +230,8 @@ def cmd_post_training(args):
     constraint = Constraint(kind, value, device=args.device, **given(args, (
         "latency_batch", "latency_seq_len", "lut_cache", "latency_runtime", "latency_threads")))
     config = PostTrainConfig(device=args.device, evaluate=not args.no_eval, **given(args, (
-        "num_samples", "seed", "batch_size", "allow_empty_sublayers", "fisher_precision", "kernels", "distill_steps")))
+        "num_samples", "seed", "batch_size", "allow_empty_sublayers", "fisher_precision", "kernels", "distill_steps",
+        "distill_precision")))
     report = run(args.teacher, args.task, args.output, constraint, config, data=data_args(args),
                  overwrite=args.overwrite)
     if is_main():
@@ -535,6 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-eval", action="store_true", help="skip the dev evaluations (they are not pruning time)")
     g.add_argument("--distill-steps", type=int, help="after surgery, this many steps of distillation fine-tuning of "
                    "the compact model from the teacher (CoFi's losses; default 0: none)")
+    g.add_argument("--distill-precision", choices=("fp32", "bf16"), help="its forward passes in bf16 autocast (fp32 "
+                   f"weights; fast where the CPU has native bf16; default {P['distill_precision']})")
     g.add_argument("--allow-empty-sublayers", action="store_true", help="let a layer lose all its heads or all its "
                    "FFN neurons (the sublayer, LayerNorm included, is then removed; off by default: it can wreck accuracy)")
 

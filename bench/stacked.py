@@ -1,0 +1,109 @@
+"""Pruning stacked with int8: dense and pruned models, each in fp32, dynamic int8 and static int8,
+scored on the full dev set through ONNX Runtime and timed in ORT-CPU at b1/s128 and b32/s128.
+
+    python bench/stacked.py --task sst2 --model teacher=runs/teacher-sst2 \
+        --model post-training=runs/pt-sst2-macs0.5-d0 --model cofi=runs/cofi-sst2-macs0.5
+    # the first --model is the dense fp32 reference of every speed-up; writes bench/results/stacked.{md,json}
+
+Each variant is what `prunekit export --onnx --optimize [--quantize int8 | int8-static --task T]`
+ships (the fused graph kept only where it is faster, export_report.json says which); static int8
+calibrates on 256 training examples. All sessions of a shape are timed round-robin with the order
+rotating each round (bench/latency.py's method, intra-op spinning off), P50 reported.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import prunekit  # noqa: E402
+from export_int8_quality import logits_of, score  # noqa: E402 (bench/, the script's own folder)
+from gluedir import add_glue_dir_option, require_glue_dir  # noqa: E402
+from latency import synthetic_batch  # noqa: E402
+from prunekit.benchmark import environment, summarise, time_interleaved, warm_up  # noqa: E402
+from prunekit.cli import calibration_feeds  # noqa: E402
+from prunekit.cost import macs  # noqa: E402
+from prunekit.data import load_task  # noqa: E402
+from prunekit.export import OnnxClassifier, export_onnx  # noqa: E402
+from prunekit.training import trained_labels  # noqa: E402
+
+VARIANTS = {"fp32": {}, "int8 dynamic": {"quantize": "int8"}, "int8 static": {"quantize": "int8-static"}}
+SHAPES = ((1, 128), (32, 128))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", action="append", required=True, help="LABEL=DIR (repeatable; the first is the dense one)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=30, help="timed rounds per shape (b1 gets 4x as many)")
+    p.add_argument("--cache", default=str(ROOT / "runs" / "stacked"))
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "stacked"))
+    add_glue_dir_option(p)
+    args = p.parse_args()
+    glue_dir = require_glue_dir(args.glue_dir, [args.task], "bench/stacked.py")
+    models = dict(m.split("=", 1) for m in args.model)
+    rows, sessions = [], {}
+    for label, path in models.items():
+        model = prunekit.load_model(path)
+        task = load_task(args.task, model.tokenizer, glue_dir=glue_dir, labels=trained_labels(model.config))
+        labels = [e["label"] for e in task.dev]
+        kept = macs(model.config, seq_len=128)["total"] / macs(prunekit.load_model(next(iter(models.values()))).config,
+                                                               seq_len=128)["total"]
+        for variant, kwargs in VARIANTS.items():
+            out = Path(args.cache) / label / variant.replace(" ", "-")
+            calib = None
+            if kwargs.get("quantize") == "int8-static":
+                calib = calibration_feeds(model, SimpleNamespace(task=args.task, glue_dir=glue_dir,
+                                                                 calibration_samples=256, model=path))
+            start = time.perf_counter()
+            report = export_onnx(model, out, optimize=True, overwrite=True, source=path, calibration=calib, **kwargs)
+            export_s = time.perf_counter() - start
+            metric = score(task, logits_of(OnnxClassifier(out, threads=args.threads), task.dev), labels)
+            rows.append({"model": label, "dir": path, "variant": variant, "macs_kept": round(kept, 3),
+                         "graph_kept": report.get("fusion", {}).get("timing", {}).get("kept"), "export_s": round(export_s, 1),
+                         **metric})
+            sessions[label, variant] = out
+            print(rows[-1], file=sys.stderr, flush=True)
+    dense = (next(iter(models)), "fp32")
+    vocab = prunekit.load_model(next(iter(models.values()))).config.vocab_size
+    for b, s in SHAPES:
+        batch = synthetic_batch(vocab, b, s)
+        runners = {}
+        for key, out in sessions.items():
+            clf = OnnxClassifier(out, threads=args.threads, spinning=False)
+            feeds = clf.feeds(batch)
+            runners[key] = (lambda c=clf, f=feeds: c.session.run([c.output_name], f))
+        for run in runners.values():
+            warm_up(run, 3, 0.5)
+        times = time_interleaved(runners, args.rounds * (4 if b == 1 else 1))
+        p50 = {k: summarise(t, b).p50_ms for k, t in times.items()}
+        for r in rows:
+            key = (r["model"], r["variant"])
+            r[f"p50_ms_b{b}_s{s}"] = round(p50[key], 2)
+            r[f"speedup_b{b}_s{s}"] = round(p50[dense] / p50[key], 2)
+    env = environment(args.threads)
+    Path(args.out).with_suffix(".json").write_text(json.dumps({"command": "python " + " ".join(sys.argv),
+                                                               "environment": env, "rows": rows}, indent=1))
+    metric_name = next(k for k in ("accuracy", "f1", "pearson", "mcc") if k in rows[0])
+    base = rows[0][metric_name]
+    lines = ["# Pruning stacked with int8 (ORT CPU)", "",
+             f"`python {' '.join(sys.argv)}`; {env['cpu']}, {args.threads} threads, onnxruntime {env['onnxruntime']}; "
+             f"load average after: {env['load_average']}. Dev {metric_name} of the full dev set through ORT; P50 latency "
+             "over interleaved rounds; speed-up against the dense fp32 model in the same run.", "",
+             f"| model | MACs kept | variant | dev {metric_name} | Δ vs dense fp32 | P50 b1/s128 | speed-up | "
+             "P50 b32/s128 | speed-up |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['macs_kept']:.0%} | {r['variant']} | {100 * r[metric_name]:.2f} | "
+                     f"{100 * (r[metric_name] - base):+.2f} | {r['p50_ms_b1_s128']:.1f} ms | {r['speedup_b1_s128']:.2f}× | "
+                     f"{r['p50_ms_b32_s128']:.1f} ms | {r['speedup_b32_s128']:.2f}× |")
+    Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
