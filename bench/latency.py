@@ -4,6 +4,7 @@
     python bench/latency.py --dense runs/teacher-sst2 --pruned runs/pt-sst2-0.5 runs/pt-sst2-0.4
     python bench/latency.py --full-grid --runtimes ort-opt    # batch {1,8,32,128} x seq {32,128,384}
     python bench/latency.py --device cuda                     # torch fp32/fp16 (CUDA events), ORT CUDA + IO binding
+    python bench/latency.py --runtimes ort ort-shipped        # plain graph vs what `export --optimize` ships
 
 For every (batch, seq) cell and every runtime, the dense model and the pruned ones are warmed up
 (by count and by time), then timed round-robin with the order rotating every round, so that drift
@@ -34,6 +35,7 @@ CUDA_RUNTIMES = ("torch", "torch-fp16", "ort-cuda", "ort-cuda-fp16")
 EXPORT_VARIANTS = {  # runtime -> export_onnx keyword arguments
     "ort": {}, "ort-opt": {"optimize": True, "keep_fused": True}, "ort-int8": {"quantize": "int8"},
     "ort-opt-int8": {"optimize": True, "keep_fused": True, "quantize": "int8"},
+    "ort-shipped": {"optimize": True},  # what `prunekit export --optimize` ships: fused or plain, the faster
     "ort-cuda": {"optimize": True, "keep_fused": True, "device": "cuda"},
     "ort-cuda-fp16": {"optimize": True, "keep_fused": True, "fp16": True, "device": "cuda"},
 }
@@ -73,8 +75,9 @@ def magnitude_pruned(dense, macs_kept: float = 0.5):
 
 def model_metric(path: Path | None) -> dict | None:
     """The dev metric a model directory carries, if any: eval.json (prunekit eval --output), the
-    compact model's entry in report.json (prunekit compress) or the best entry of metrics.json
-    (prunekit finetune)."""
+    written model's entry in report.json (prunekit compress: post-training's compact or distilled
+    model, CoFi's fine-tuned one) or the final entry of metrics.json (prunekit finetune; its best
+    entry was picked on the dev set)."""
     if path is None:
         return None
     for name in ("eval.json", "report.json", "metrics.json"):
@@ -82,7 +85,9 @@ def model_metric(path: Path | None) -> dict | None:
         if not f.is_file():
             continue
         data = json.loads(f.read_text())
-        metrics = data.get("metrics") or (data.get("dev_metrics") or {}).get("compact") or data.get("best")
+        dev = data.get("dev_metrics") or {}  # compress: the model written (after distillation / fine-tuning)
+        metrics = (data.get("metrics") or next((dev[k] for k in ("distilled", "finetuned", "compact", "pruned") if k in dev),
+                                               None) or data.get("final") or data.get("best"))
         if isinstance(metrics, dict):
             key = data.get("main_metric") or next((k for k in metrics if k not in ("step", "epoch", "train_loss")), None)
             if isinstance(metrics.get(key), (int, float)):
@@ -298,7 +303,8 @@ def main(argv=None) -> int:
     p.add_argument("--pruned", nargs="*", help="compact model directories (default: runs/*/ compress outputs)")
     p.add_argument("--runs", default="runs", help="where to look for compact models when --pruned is not given")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--runtimes", nargs="+", help=f"CPU: {' '.join(CPU_RUNTIMES)}; CUDA: {' '.join(CUDA_RUNTIMES)}")
+    p.add_argument("--runtimes", nargs="+", help=f"CPU: {' '.join(CPU_RUNTIMES)}; CUDA: {' '.join(CUDA_RUNTIMES)}; on request: ort-opt-int8, "
+                   "ort-shipped (export --optimize's choice: the fused graph only where it was faster)")
     p.add_argument("--batch", nargs="+", type=int, help="batch sizes (default 1 32; full grid 1 8 32 128)")
     p.add_argument("--seq", nargs="+", type=int, help="sequence lengths (default 32 128; full grid 32 128 384)")
     p.add_argument("--full-grid", action="store_true", help="batch {1,8,32,128} x seq {32,128,384} (default on CUDA)")
@@ -332,7 +338,7 @@ def run(args) -> int:
     batches = args.batch or ([1, 8, 32, 128] if full else [1, 32])
     seqs = args.seq or ([32, 128, 384] if full else [32, 128])
     runtimes = args.runtimes or list(CUDA_RUNTIMES if args.device == "cuda" else CPU_RUNTIMES)
-    known = CUDA_RUNTIMES + CPU_RUNTIMES + ("ort-opt-int8",)
+    known = CUDA_RUNTIMES + CPU_RUNTIMES + ("ort-opt-int8", "ort-shipped")
     if bad := [r for r in runtimes if r not in known]:
         raise PrunekitError(f"unknown runtime(s) {bad}; choose from {' '.join(dict.fromkeys(known))}")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -101,8 +101,45 @@ def main():
         lines.append(f"| {r['model']} | {r['macs_kept']:.0%} | {r['variant']} | {100 * r[metric_name]:.2f} | "
                      f"{100 * (r[metric_name] - base):+.2f} | {r['p50_ms_b1_s128']:.1f} ms | {r['speedup_b1_s128']:.2f}× | "
                      f"{r['p50_ms_b32_s128']:.1f} ms | {r['speedup_b32_s128']:.2f}× |")
+    lines += ["", f"![accuracy vs speed-up]({Path(args.out).name}-pareto.png)"]
     Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
+    plot(rows, metric_name, Path(f"{args.out}-pareto.png"))
     print("\n".join(lines))
+
+
+def plot(rows: list, metric: str, path: Path):
+    """Dev metric (through ORT) against the b32/s128 speed-up: one colour per model, one marker per
+    variant, legends outside the axes, the Pareto front as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    colour = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    marker = {v: mk for v, mk in zip(VARIANTS, "osD")}
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for r in rows:
+        ax.scatter(r["speedup_b32_s128"], 100 * r[metric], color=colour[r["model"]], marker=marker[r["variant"]],
+                   s=50, edgecolor="black", linewidth=0.4, zorder=3)
+    front, best = [], -1.0
+    for r in sorted(rows, key=lambda r: (-r["speedup_b32_s128"], -r[metric])):  # fastest first: kept if more accurate than all faster
+        if 100 * r[metric] > best:
+            best = 100 * r[metric]
+            front.append((r["speedup_b32_s128"], best))
+    ax.plot(*zip(*sorted(front)), color="grey", linestyle="--", linewidth=1, zorder=2, label="Pareto front")
+    ax.set(xlabel="speed-up vs dense fp32, ORT CPU, batch 32 / seq 128", ylabel=f"dev {metric} (ORT)",
+           title="accuracy vs speed-up: pruning x int8")
+    ax.grid(True, alpha=0.3)
+    handles = [Line2D([], [], color=colour[m], marker="o", linestyle="", label=m) for m in models]
+    first = ax.legend(handles=handles, title="model", fontsize=7, title_fontsize=8, loc="upper left",
+                      bbox_to_anchor=(1.02, 1.0))
+    ax.add_artist(first)
+    handles = [Line2D([], [], color="grey", marker=mk, linestyle="", label=v) for v, mk in marker.items()]
+    handles.append(Line2D([], [], color="grey", linestyle="--", label="Pareto front"))
+    second = ax.legend(handles=handles, title="variant", fontsize=7, title_fontsize=8, loc="lower left",
+                       bbox_to_anchor=(1.02, 0.0))
+    fig.savefig(path, dpi=120, bbox_inches="tight", bbox_extra_artists=[first, second])
+    plt.close(fig)
 
 
 if __name__ == "__main__":
