@@ -1,6 +1,6 @@
 """The whole pipeline on the embedded default, in one command (`make demo`):
 
-  1. fine-tune the packaged MiniLM on SST-2 (a short schedule)      prunekit finetune (sdpa + bf16 where native)
+  1. fine-tune the packaged MiniLM on SST-2 (a short schedule)      prunekit finetune (bf16 autocast where native)
   2. prune it post-training to 50% of its MACs                      prunekit compress --method post-training
   3. export teacher and pruned model to ONNX (validated, optimised) prunekit export --onnx --optimize
   4. score both on the SST-2 dev set, the pruned one through ORT    prunekit eval
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     p.add_argument("--macs", type=float, default=0.5, help="fraction of MACs the pruned model keeps (default 0.5)")
     p.add_argument("--fresh", action="store_true", help="delete earlier demo outputs first")
     p.add_argument("--no-fast", dest="fast", action="store_false", help="fine-tune in exact fp32 eager even where "
-                   "the CPU has native bf16 (default: sdpa attention + bf16 autocast there)")
+                   "the CPU has native bf16 (default: bf16 autocast there)")
     args = p.parse_args(argv)
     out = ROOT / args.out
     if args.fresh and out.exists():
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
 
     # the fast training path where the CPU has native bf16 (bench/results/train_speed_paths.md), else exact fp32
     from prunekit.machine import native_bf16
-    fast = ["--kernels", "auto", "--precision", "bf16"] if args.fast and native_bf16("cpu") else []
+    fast = ["--precision", "bf16"] if args.fast and native_bf16("cpu") else []
     step("fine-tune the teacher", prunekit + ["finetune", "--model", "minilm", "--task", "sst2", "--output", str(teacher),
          "--max-steps", str(args.steps), "--max-length", "64", "--eval-every", str(args.steps), *fast],
          teacher / "model.safetensors", timings)

@@ -9,7 +9,8 @@ picked on the dev set). For each MAC budget, post-training pruning runs once (pr
 `posttrain.pipeline.compress`, no evaluations inside it), then each N is a separate distillation
 of that compact model (its own learning-rate schedule over N steps: `distill_compact`, the code
 behind --distill-steps), so N = 200 is what a user asking for 200 steps gets. Wall time of a row =
-the pruning time + that N's distillation time (evaluations excluded). Rows are appended to
+the pruning time + that N's distillation time (which ends with one dev evaluation, as
+--distill-steps does; no other evaluation counted). Rows are appended to
 OUT.json as they finish (a rerun skips them); OUT.md is rewritten from it.
 """
 import argparse
@@ -38,21 +39,25 @@ GOALS = {("sst2", 0.5): (0.0, 5), ("sst2", 0.3): (0.5, 10), ("sst2", 0.2): (1.5,
 
 
 def load_rows(path: Path) -> list:
-    return json.loads(path.read_text())["rows"] if path.is_file() else []
+    """Earlier rows, each with its precision and thread count (older files kept them file-wide)."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    return [{"precision": data.get("precision"), "threads": data.get("threads"), **r} for r in data["rows"]]
 
 
 def write(out: Path, rows: list, env: dict, args):
-    out.with_suffix(".json").write_text(json.dumps({"environment": env, "precision": args.precision,
-                                                    "threads": args.threads, "rows": rows}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
     lines = ["# Post-training pruning + distillation (`--distill-steps N`)", "",
-             f"`python bench/distill.py` (rows of several invocations: task, MAC budgets and N as listed); {env.get('cpu', '')}, torch {torch.__version__}, "
-             f"{args.threads} thread(s), distillation forwards in {args.precision}. Teachers: runs/teacher-<task>, the "
-             "final checkpoint of `prunekit finetune` (not picked on the dev set). Each N is its own run from the "
-             "same pruned model (its own schedule over N steps; batch 32, lr 3e-5, CoFi's losses: KL at T = 2 "
-             "plus layer distillation). Wall = pruning (Fisher, search, rearrangement, tuning, surgery) + "
-             "distillation, evaluations excluded; the machine's load average is recorded per row.", "",
-             "| task (metric) | MACs kept | N | teacher | pruned + distilled | drop | wall | load | goal |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             f"`python bench/distill.py` (rows from several invocations: tasks, MAC budgets and N as listed); "
+             f"{env.get('cpu', '')}, torch {torch.__version__}; threads and the distillation's precision per row. "
+             "Teachers: runs/teacher-<task>, the final checkpoint of `prunekit finetune` (not picked on the dev set). "
+             "Each N is its own run from the same pruned model (its own schedule over N steps; batch 32, lr 3e-5, "
+             "CoFi's losses: KL at T = 2 plus layer distillation). Wall = pruning (Fisher, search, rearrangement, "
+             "tuning, surgery) + distillation (which ends with one dev evaluation, as `--distill-steps` does; no "
+             "other evaluation is counted); the machine's load average is recorded per row.", "",
+             "| task (metric) | MACs kept | N | teacher | pruned + distilled | drop | wall | threads, precision | load | goal |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---|"]
     for r in rows:
         goal = GOALS.get((r["task"], r["macs"]))
         verdict = ""
@@ -60,7 +65,8 @@ def write(out: Path, rows: list, env: dict, args):
             ok = r["drop"] <= goal[0] + 1e-9 and r["wall_s"] <= goal[1] * 60
             verdict = f"drop ≤ {goal[0]} in ≤ {goal[1]} min: {'met' if ok else 'missed'}"
         lines.append(f"| {r['task']} ({MAIN[r['task']]}) | {r['macs']:.0%} | {r['steps']} | {100 * r['teacher']:.2f} | "
-                     f"{100 * r['metric']:.2f} | {r['drop']:+.2f} | {r['wall_s'] / 60:.1f} min | {r['load']} | {verdict} |")
+                     f"{100 * r['metric']:.2f} | {r['drop']:+.2f} | {r['wall_s'] / 60:.1f} min | {r['threads']}, {r['precision']} | "
+                     f"{r['load']} | {verdict} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -79,7 +85,7 @@ def main():
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     rows = load_rows(out.with_suffix(".json"))
-    done = {(r["task"], r["macs"], r["steps"]) for r in rows}
+    done = {(r["task"], r["macs"], r["steps"], r["precision"], r["threads"]) for r in rows}
     env = environment(args.threads)
     config = PostTrainConfig(evaluate=False, distill_precision=args.precision)
     for name in args.tasks:
@@ -89,7 +95,7 @@ def main():
                                                  default_max_length=default_max_length(name))
         teacher_metric = evaluate_task(torch_predictor(teacher), task)[MAIN[name]]
         for macs in args.macs:
-            wanted = [n for n in [0, *args.steps] if (name, macs, n) not in done]
+            wanted = [n for n in [0, *args.steps] if (name, macs, n, args.precision, args.threads) not in done]
             if not wanted:
                 continue
             start = time.perf_counter()
@@ -107,6 +113,7 @@ def main():
                 rows.append({"task": name, "macs": macs, "steps": n, "teacher": teacher_metric, "metric": metric,
                              "drop": round(100 * (teacher_metric - metric), 2), "prune_s": round(prune_s, 1),
                              "distill_s": round(distill_s, 1), "wall_s": round(prune_s + distill_s, 1),
+                             "precision": args.precision, "threads": args.threads,
                              "load": " ".join(f"{x:.2f}" for x in os.getloadavg())})
                 print(rows[-1], flush=True)
                 write(out, rows, env, args)

@@ -76,8 +76,8 @@ def magnitude_pruned(dense, macs_kept: float = 0.5):
 def model_metric(path: Path | None) -> dict | None:
     """The dev metric a model directory carries, if any: eval.json (prunekit eval --output), the
     written model's entry in report.json (prunekit compress: post-training's compact or distilled
-    model, CoFi's fine-tuned one) or the final entry of metrics.json (prunekit finetune; its best
-    entry was picked on the dev set)."""
+    model, CoFi's fine-tuned one) or the best entry of metrics.json (prunekit finetune writes the weights
+    of its best evaluation; a teacher evaluated only at the end has best = final)."""
     if path is None:
         return None
     for name in ("eval.json", "report.json", "metrics.json"):
@@ -87,7 +87,7 @@ def model_metric(path: Path | None) -> dict | None:
         data = json.loads(f.read_text())
         dev = data.get("dev_metrics") or {}  # compress: the model written (after distillation / fine-tuning)
         metrics = (data.get("metrics") or next((dev[k] for k in ("distilled", "finetuned", "compact", "pruned") if k in dev),
-                                               None) or data.get("final") or data.get("best"))
+                                               None) or data.get("best"))
         if isinstance(metrics, dict):
             key = data.get("main_metric") or next((k for k in metrics if k not in ("step", "epoch", "train_loss")), None)
             if isinstance(metrics.get(key), (int, float)):

@@ -12,6 +12,7 @@ rotating each round (bench/latency.py's method, intra-op spinning off), P50 repo
 """
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from prunekit.cli import calibration_feeds  # noqa: E402
 from prunekit.cost import macs  # noqa: E402
 from prunekit.data import load_task  # noqa: E402
 from prunekit.export import OnnxClassifier, export_onnx  # noqa: E402
+from prunekit.metrics import main_metric  # noqa: E402
 from prunekit.training import trained_labels  # noqa: E402
 
 VARIANTS = {"fp32": {}, "int8 dynamic": {"quantize": "int8"}, "int8 static": {"quantize": "int8-static"}}
@@ -46,14 +48,19 @@ def main():
     add_glue_dir_option(p)
     args = p.parse_args()
     glue_dir = require_glue_dir(args.glue_dir, [args.task], "bench/stacked.py")
+    if bad := [m for m in args.model if "=" not in m]:
+        p.error(f"--model takes LABEL=DIR, not {bad[0]!r}")
     models = dict(m.split("=", 1) for m in args.model)
+    if len(models) != len(args.model):
+        p.error("each --model needs its own label")
+    dense_config = prunekit.load_model(next(iter(models.values()))).config
     rows, sessions = [], {}
     for label, path in models.items():
         model = prunekit.load_model(path)
-        task = load_task(args.task, model.tokenizer, glue_dir=glue_dir, labels=trained_labels(model.config))
+        task = load_task(args.task, model.tokenizer, glue_dir=glue_dir, with_train=False,
+                         labels=trained_labels(model.config))
         labels = [e["label"] for e in task.dev]
-        kept = macs(model.config, seq_len=128)["total"] / macs(prunekit.load_model(next(iter(models.values()))).config,
-                                                               seq_len=128)["total"]
+        kept = macs(model.config, seq_len=128)["total"] / macs(dense_config, seq_len=128)["total"]
         for variant, kwargs in VARIANTS.items():
             out = Path(args.cache) / label / variant.replace(" ", "-")
             calib = None
@@ -70,14 +77,14 @@ def main():
             sessions[label, variant] = out
             print(rows[-1], file=sys.stderr, flush=True)
     dense = (next(iter(models)), "fp32")
-    vocab = prunekit.load_model(next(iter(models.values()))).config.vocab_size
+    vocab = dense_config.vocab_size
     for b, s in SHAPES:
         batch = synthetic_batch(vocab, b, s)
         runners = {}
         for key, out in sessions.items():
             clf = OnnxClassifier(out, threads=args.threads, spinning=False)
             feeds = clf.feeds(batch)
-            runners[key] = (lambda c=clf, f=feeds: c.session.run([c.output_name], f))
+            runners[key] = (lambda c=clf, f=feeds: (c.session.run([c.output_name], f), None)[1])  # None: clock it
         for run in runners.values():
             warm_up(run, 3, 0.5)
         times = time_interleaved(runners, args.rounds * (4 if b == 1 else 1))
@@ -89,7 +96,7 @@ def main():
     env = environment(args.threads)
     Path(args.out).with_suffix(".json").write_text(json.dumps({"command": "python " + " ".join(sys.argv),
                                                                "environment": env, "rows": rows}, indent=1))
-    metric_name = next(k for k in ("accuracy", "f1", "pearson", "mcc") if k in rows[0])
+    metric_name = main_metric(args.task)
     base = rows[0][metric_name]
     lines = ["# Pruning stacked with int8 (ORT CPU)", "",
              f"`python {' '.join(sys.argv)}`; {env['cpu']}, {args.threads} threads, onnxruntime {env['onnxruntime']}; "
@@ -121,7 +128,7 @@ def plot(rows: list, metric: str, path: Path):
     for r in rows:
         ax.scatter(r["speedup_b32_s128"], 100 * r[metric], color=colour[r["model"]], marker=marker[r["variant"]],
                    s=50, edgecolor="black", linewidth=0.4, zorder=3)
-    front, best = [], -1.0
+    front, best = [], -math.inf
     for r in sorted(rows, key=lambda r: (-r["speedup_b32_s128"], -r[metric])):  # fastest first: kept if more accurate than all faster
         if 100 * r[metric] > best:
             best = 100 * r[metric]

@@ -81,7 +81,7 @@ def resolve_kernels(kernels: str, device, head_dim: int = 64) -> str:
         if not have_triton:
             raise PrunekitError("--kernels triton needs the triton package")
         if not (cuda or os.environ.get("TRITON_INTERPRET") == "1"):  # the interpreter: tests on CPU
-            raise PrunekitError("--kernels triton runs on CUDA GPUs; use sdpa (or auto) on the CPU")
+            raise PrunekitError("--kernels triton runs on CUDA GPUs; use torch (or auto) on the CPU")
         if not triton_fits(head_dim):
             raise PrunekitError(f"--kernels triton needs a power-of-two head dim >= 16, this model has {head_dim}")
     return kernels
