@@ -18,9 +18,9 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 mkdir -p runs
 
 declare -A ARGS=(
-  [mrpc]="--epochs 3 --eval-every 50"
-  [rte]="--epochs 5 --eval-every 40"
-  [sst2]="--epochs 1 --eval-every 250"
+  [mrpc]="--epochs 3 --eval-every 1000000"
+  [rte]="--epochs 5 --eval-every 1000000"
+  [sst2]="--epochs 1 --eval-every 1000000"
 )
 for task in "${@:-mrpc rte sst2}"; do
   for t in $task; do
