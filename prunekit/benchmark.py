@@ -44,7 +44,8 @@ def warm_up(fn, min_calls: int = 3, min_seconds: float = 0.5) -> int:
 def time_interleaved(runners: dict, rounds: int, clock=time.perf_counter, progress=None) -> dict:
     """Time each runner once per round, rotating the order every round; returns name -> [seconds].
 
-    A runner that times itself (CUDA events) returns its own seconds; otherwise the clock is used.
+    A runner that times itself (CUDA events) returns its own seconds as a Python float; anything else
+    it returns (None, logits, an ORT output list, a NumPy scalar) is ignored and the clock is used.
     """
     names = list(runners)
     times = {n: [] for n in names}
@@ -53,7 +54,7 @@ def time_interleaved(runners: dict, rounds: int, clock=time.perf_counter, progre
         for name in names[k:] + names[:k]:
             start = clock()
             own = runners[name]()
-            times[name].append(clock() - start if own is None else own)
+            times[name].append(own if type(own) is float else clock() - start)
         if progress is not None:
             progress.update(1)
     return times

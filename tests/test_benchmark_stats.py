@@ -54,3 +54,35 @@ def test_speedup_and_markdown_table():
     assert row.speedup_per_mac_reduction == pytest.approx(1.25)
     table = markdown_table([row])
     assert "| pruned | ort | 1 | 128 | 4.00 |" in table and "2.50×" in table and "| 1.25 |" in table
+
+
+def test_time_interleaved_clocks_runners_that_return_outputs_and_trusts_only_float_self_timing():
+    state = {"t": 0.0}
+    def clock():
+        return state["t"]
+    def returns(value, cost):
+        def run():
+            state["t"] += cost
+            return value
+        return run
+    times = time_interleaved({"logits": returns(np.array([[5.0, -3.0]]), 0.25),      # a model's output
+                              "ort": returns([np.array([[7.0]])], 0.5),              # ORT's output list
+                              "scalar": returns(np.float64(9.0), 0.125),             # a NumPy number
+                              "cuda": returns(0.002, 1.0)}, rounds=4, clock=clock)   # CUDA events: own seconds
+    assert times == {"logits": [0.25] * 4, "ort": [0.5] * 4, "scalar": [0.125] * 4, "cuda": [0.002] * 4}
+
+
+@pytest.mark.slow  # exports two tiny ONNX graphs and times them in ONNX Runtime
+def test_time_graphs_measures_milliseconds_not_the_outputs(tmp_path):
+    import torch
+
+    from conftest import tiny_model
+    from prunekit.export import export_onnx
+    from prunekit.export.optimize import time_graphs
+    model = tiny_model()
+    with torch.no_grad():  # large logits: a timing that read the outputs would be far off
+        model.classifier.bias.fill_(1e4)
+    export_onnx(model, tmp_path / "m")
+    ms = time_graphs({"a": tmp_path / "m" / "model.onnx", "b": tmp_path / "m" / "model.onnx"}, model.config,
+                     shape=(2, 8))
+    assert all(0 < v < 1000 for v in ms.values()), ms
