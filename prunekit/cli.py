@@ -274,13 +274,17 @@ def cmd_cofi(args):
 
 def summarise_cofi(r: dict, output) -> str:
     c, m = r["constraint"], r["main_metric"]
-    want = (f"sparsity {c['value']:g}" if c["kind"] == "sparsity" else f"MACs kept {c['value']:g}")
+    want = {"sparsity": "sparsity", "macs": "MACs kept", "latency": "block latency kept"}[c["kind"]] + f" {c['value']:g}"
     lines = [f"{r['task']}: CoFi to {want} -> sparsity {r['sparsity']:.3f}, MACs kept {r['macs_kept']:.3f}, "
              f"params kept {r['params_kept']:.3f}, hidden size {r['hidden_size']}",
              "heads per layer " + " ".join(str(x["heads"]) for x in r["structure"]) +
              "; FFN per layer " + " ".join(str(x["ffn"]) for x in r["structure"])]
     dev = r["dev_metrics"]
     lines.append(f"dev {m}: " + ", ".join(f"{stage} {v[m]:.4f}" for stage, v in dev.items() if m in v))
+    if lat := r.get("latency"):
+        lines.append(f"latency at b{lat['batch']}/s{lat['seq_len']}: {lat['kept_by_table']:.3f} of the teacher's by the "
+                     f"tables, {lat['kept_measured']:.3f} measured in ONNX Runtime ({lat['measured_ms']['compact']:.1f} vs "
+                     f"{lat['measured_ms']['teacher']:.1f} ms)")
     sec = r["seconds"]
     lines.append(f"pruning {sec.get('prune_train', 0):.0f} s, fine-tuning {sec.get('finetune_train', 0):.0f} s of "
                  f"training ({r['seconds_per_step']['prune']:.3f} s/step while pruning)")
