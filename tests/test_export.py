@@ -351,12 +351,12 @@ def test_cli_export_refuses_missing_model_and_existing_output(tmp_path, capsys):
     assert "already exists; pass --overwrite" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("winner", ["plain", "fused"])
-def test_optimize_keeps_whichever_graph_is_faster(winner, tmp_path, monkeypatch):
-    """--optimize races the plain and the fused graph and ships the faster (here: a stand-in clock)."""
+@pytest.mark.parametrize("fused_ms, winner", [(2.0, "plain"), (0.5, "fused"), (0.98, "plain"), (0.96, "fused")])
+def test_optimize_keeps_whichever_graph_is_faster(fused_ms, winner, tmp_path, monkeypatch):
+    """--optimize races the plain and the fused graph and ships the faster (here: a stand-in clock);
+    fused must win by 3% (a 2% lead is within the race's noise: plain, the safe graph, is kept)."""
     from prunekit.export import optimize as opt
-    fake = lambda paths, config, device="cpu": {"plain": 1.0, "fused": 2.0} if winner == "plain" else \
-        {"plain": 2.0, "fused": 1.0}
+    fake = lambda paths, config, device="cpu": {"plain": 1.0, "fused": fused_ms}
     monkeypatch.setattr(opt, "time_graphs", fake)
     model = tiny_model(hidden_size=16, head_dim=4, num_heads=[4, 4], ffn_dim=[12, 12])
     report = export_onnx(model, tmp_path / "out", optimize=True)
