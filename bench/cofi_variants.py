@@ -47,7 +47,7 @@ def main():
              "| run | target | sparsity | MACs kept | block latency kept (tables) | ORT P50 ms | speed-up | "
              "dev accuracy | drop |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     teacher_acc = report("cofi-sst2-0.6")["dev_metrics"]["teacher"]["accuracy"]
-    for name in ("cofi-sst2-0.6", "cofi-sst2-lat0.44", "cofi-sst2-macs0.5"):
+    for name in ("cofi-sst2-0.6", "cofi-sst2-lat0.44", "cofi-sst2-0.6-warm", "cofi-sst2-macs0.5"):
         if not (RUNS / name / "report.json").is_file():
             continue
         r = report(name)

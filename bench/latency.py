@@ -256,10 +256,12 @@ def plot(rows: list[Row], metrics: dict, out: Path) -> list[str]:
                 if j == 0:
                     ax.set_ylabel("speed-up vs dense")
         axes[0][0].legend(fontsize=7, loc="upper left")
-        fig.text(0.5, -0.02, "models: " + "; ".join(f"{k + 1} = {m}" for k, m in enumerate(pruned)), ha="center",
-                 fontsize=7, wrap=True)
+        names = [f"{k + 1} = {m}" for k, m in enumerate(pruned)]
+        per_line = max(1, len(runtimes) + 1)  # the caption's lines fit the figure's width (no clipping)
+        caption = "\n".join("; ".join(names[i:i + per_line]) for i in range(0, len(names), per_line))
         fig.tight_layout()
-        save(fig, "-speedup.png")
+        text = fig.text(0.5, 0.0, "models: " + caption, ha="center", va="top", fontsize=7)
+        save(fig, "-speedup.png", [text])
 
     if len([m for m in metrics.values() if m]) >= 2:
         fig, ax = plt.subplots(figsize=(6, 4.2))
