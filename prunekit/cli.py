@@ -226,6 +226,8 @@ def cmd_post_training(args):
     from .posttrain.pipeline import Constraint, PostTrainConfig, run
     if (args.macs is None) == (args.latency is None):
         raise PrunekitError("give exactly one budget: --macs FRACTION or --latency FRACTION (the part kept, in (0, 1))")
+    if args.distill_precision and not args.distill_steps:
+        raise PrunekitError("--distill-precision goes with --distill-steps N (the precision of that distillation)")
     kind, value = ("macs", args.macs) if args.macs is not None else ("latency", args.latency)
     constraint = Constraint(kind, value, device=args.device, **given(args, (
         "latency_batch", "latency_seq_len", "lut_cache", "latency_runtime", "latency_threads")))
