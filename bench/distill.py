@@ -39,11 +39,8 @@ GOALS = {("sst2", 0.5): (0.0, 5), ("sst2", 0.3): (0.5, 10), ("sst2", 0.2): (1.5,
 
 
 def load_rows(path: Path) -> list:
-    """Earlier rows, each with its precision and thread count (older files kept them file-wide)."""
-    if not path.is_file():
-        return []
-    data = json.loads(path.read_text())
-    return [{"precision": data.get("precision"), "threads": data.get("threads"), **r} for r in data["rows"]]
+    """Earlier rows, each with its precision and thread count."""
+    return json.loads(path.read_text())["rows"] if path.is_file() else []
 
 
 def write(out: Path, rows: list, env: dict, args):

@@ -16,7 +16,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -63,10 +62,8 @@ def main():
         kept = macs(model.config, seq_len=128)["total"] / macs(dense_config, seq_len=128)["total"]
         for variant, kwargs in VARIANTS.items():
             out = Path(args.cache) / label / variant.replace(" ", "-")
-            calib = None
-            if kwargs.get("quantize") == "int8-static":
-                calib = calibration_feeds(model, SimpleNamespace(task=args.task, glue_dir=glue_dir,
-                                                                 calibration_samples=256, model=path))
+            calib = (calibration_feeds(model, path, args.task, glue_dir, 256)
+                     if kwargs.get("quantize") == "int8-static" else None)
             start = time.perf_counter()
             report = export_onnx(model, out, optimize=True, overwrite=True, source=path, calibration=calib, **kwargs)
             export_s = time.perf_counter() - start
@@ -84,7 +81,7 @@ def main():
         for key, out in sessions.items():
             clf = OnnxClassifier(out, threads=args.threads, spinning=False)
             feeds = clf.feeds(batch)
-            runners[key] = (lambda c=clf, f=feeds: (c.session.run([c.output_name], f), None)[1])  # None: clock it
+            runners[key] = lambda c=clf, f=feeds: c.session.run([c.output_name], f)
         for run in runners.values():
             warm_up(run, 3, 0.5)
         times = time_interleaved(runners, args.rounds * (4 if b == 1 else 1))

@@ -31,9 +31,8 @@ def cmd_info(args):
 def cmd_prune(args):
     from .checkpoints import load_model
     from .cost import cost_report, format_report
-    from .io import output_dir
+    from .io import check_output_path, output_dir
     from .masks import Masks
-    from .io import check_output_path
     from .surgery import prune
     check_output_path(args.output, args.model)
     model = load_model(args.model)
@@ -133,7 +132,8 @@ def cmd_export(args):
     from .tokenizer import require_tokenizer
     model = load_model(args.model)
     require_tokenizer(model.tokenizer, args.model, "export validates on real text and ships them")
-    calibration = calibration_feeds(model, args) if args.quantize == "int8-static" else None
+    calibration = (calibration_feeds(model, args.model, args.task, args.glue_dir, args.calibration_samples)
+                   if args.quantize == "int8-static" else None)
     r = export_onnx(model, args.output, opset=args.opset, optimize=args.optimize, quantize=args.quantize,
                     keep_fused=True if args.keep_fused else None, calibration=calibration,
                     fp16=args.fp16, device=args.device, overwrite=args.overwrite, source=args.model, progress=True)
@@ -180,21 +180,23 @@ def given(args, names) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None and getattr(args, n) is not False}
 
 
-def calibration_feeds(model, args) -> list[dict]:
-    """Static int8's calibration set: --calibration-samples training examples of --task, in batches."""
+def calibration_feeds(model, model_name: str, task: str | None, glue_dir: str | None,
+                      samples: int) -> list[dict]:
+    """Static int8's calibration set: `samples` training examples of `task` (default: the model's own
+    fine-tuning task), as ORT feed dicts of 16 examples each."""
     import numpy as np
     import torch
 
     from .data import collate, load_task
     from .errors import PrunekitError
     from .training import resolve_max_length, trained_labels
-    task_name = args.task or getattr(model.config, "finetuning_task", None)
+    task_name = task or getattr(model.config, "finetuning_task", None)
     if not task_name:
         raise PrunekitError("--quantize int8-static calibrates on a task's training examples: give --task")
-    task = load_task(task_name, model.tokenizer, glue_dir=args.glue_dir, labels=trained_labels(model.config),
-                     max_length=resolve_max_length(model.config, None, model_name=args.model))
+    data = load_task(task_name, model.tokenizer, glue_dir=glue_dir, labels=trained_labels(model.config),
+                     max_length=resolve_max_length(model.config, None, model_name=model_name))
     g = torch.Generator().manual_seed(0)
-    picked = [task.train[i] for i in torch.randperm(len(task.train), generator=g)[:args.calibration_samples].tolist()]
+    picked = [data.train[i] for i in torch.randperm(len(data.train), generator=g)[:samples].tolist()]
     feeds = []
     for i in range(0, len(picked), 16):
         batch = collate(picked[i:i + 16])
