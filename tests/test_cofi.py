@@ -427,6 +427,13 @@ def test_latency_target_uses_the_block_tables_and_measures_the_compact_model(tmp
     from prunekit.posttrain.pipeline import Constraint
     teacher = tiny_model(hidden_size=32, head_dim=8, num_heads=[4, 4], ffn_dim=[48, 48])
     task = synthetic_task(teacher)
+    from prunekit.io import write_json
+    from prunekit.posttrain.latency import table_key
+    # a fixed table in the cache, shaped like a measured one (a fixed cost plus a per-unit cost): the run must
+    # not depend on how fast this machine happens to time a tiny block (CI saw tables that stalled the gates)
+    H, F = 4, 48
+    write_json(tmp_path / "lut.json", {table_key(teacher.config, 4, 16, "torch", "cpu"): {
+        "mha": [0.05 + 0.02 * n for n in range(1, H + 1)], "ffn": [0.02 + 0.002 * n for n in range(1, F + 1)]}})
     lat = Constraint("latency", 0.6, latency_batch=4, latency_seq_len=16, lut_cache=str(tmp_path / "lut.json"),
                      latency_runtime="torch")
     result = compress(teacher, task, Target("latency", 0.6, lat), tmp_path / "run", CoFiConfig(
