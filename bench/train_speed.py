@@ -60,7 +60,7 @@ def measure(task, group_by_length: bool, steps: int, batch_size: int, warmup: in
 PATHS = [("torch", "fp32"), ("sdpa", "fp32"), ("torch", "bf16"), ("sdpa", "bf16")]
 
 
-def paths(rounds: int, batch_size: int, seqs=(64, 128), out=None):
+def paths(rounds: int, batch_size: int, seqs=(64, 128), out=None, only=None):
     """Seconds per step of each (kernels, precision) path; see the module docstring."""
     import copy
     import statistics
@@ -69,7 +69,7 @@ def paths(rounds: int, batch_size: int, seqs=(64, 128), out=None):
     from prunekit.cofi.pipeline import train_args
     from prunekit.cofi.trainer import CoFiTrainer
     from prunekit.data import Task
-    from prunekit.machine import cpu_flags, load_average
+    from prunekit.machine import cpu_flags, keep_freed_memory, load_average
     base = prunekit.load_model("minilm", num_labels=2)
     g = torch.Generator().manual_seed(0)
     rows, load = [], load_average()
@@ -79,7 +79,7 @@ def paths(rounds: int, batch_size: int, seqs=(64, 128), out=None):
         task = Task("synthetic", 2, False, ["a", "b"], ex, {"dev": ex[:4]})
         batch = collate(ex)
         trainers = {}
-        for kernels, precision in PATHS:
+        for kernels, precision in only or PATHS:
             args = TrainArgs(output="unused", batch_size=batch_size, kernels=kernels, precision=precision)
             trainers["finetune", kernels, precision] = Trainer(copy.deepcopy(base).train(), task, args)
             cfg = CoFiConfig(kernels=kernels, precision=precision, progress=False)
@@ -105,8 +105,11 @@ def paths(rounds: int, batch_size: int, seqs=(64, 128), out=None):
     info = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} threads, native bf16: {bool(cpu_flags() & {'avx512_bf16', 'amx_bf16'})}",
             "load_before": load, "load_after": load_average(), "rounds": rounds, "batch_size": batch_size, "rows": rows}
+    info["malloc"] = "keep freed memory" if keep_freed_memory() else "glibc's default"
+    command = f"python bench/train_speed.py --paths --rounds {rounds}" + (
+        " --path " + " --path ".join(f"{k}:{p}" for k, p in only) if only else "")
     lines = ["# Training step speed by path (MiniLM, batch {}, every token real)".format(batch_size), "",
-             f"`python bench/train_speed.py --paths --rounds {rounds}`; {info['machine']}; load average before "
+             f"`{command}`; {info['machine']}; allocator: {info['malloc']}; load average before "
              f"{load}, after {info['load_after']}. Median of {rounds} interleaved rounds.", "",
              "| seq | step | kernels | precision | s/step | speed-up vs eager fp32 |", "|---:|---|---|---|---:|---:|"]
     lines += [f"| {r['seq']} | {r['step']} | {r['kernels']} | {r['precision']} | {r['median_s']:.3f} | "
@@ -118,17 +121,60 @@ def paths(rounds: int, batch_size: int, seqs=(64, 128), out=None):
         Path(out).with_name(Path(out).name + "_paths.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
+def malloc_summary(files: list[str], out: str):
+    """One table from --paths runs made alternately with --malloc default and --malloc keep (separate
+    processes, the setting being process-wide): median s/step per path and allocator, and each path
+    against eager fp32 under glibc's default allocator (the reference before the setting existed)."""
+    import statistics
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    by = {}
+    for r in runs:
+        for row in r["rows"]:
+            by.setdefault((row["seq"], row["step"], row["kernels"], row["precision"], r["malloc"]), []).append(
+                row["median_s"])
+    med = {k: statistics.median(v) for k, v in by.items()}
+    lines = ["# Training step speed: glibc's default allocator vs keeping freed memory (prunekit.machine."
+             "keep_freed_memory)", "",
+             f"Runs (alternating, one process each, quiet machine): {', '.join(Path(f).name for f in files)}; "
+             f"{runs[0]['machine']}; load averages before/after each run in the JSON. Each cell: median over the "
+             "runs of each run's median of its interleaved rounds.", "",
+             "| seq | step | kernels | precision | s/step, default malloc | s/step, kept memory | kept vs default | "
+             "vs eager fp32 with default malloc |", "|---:|---|---|---|---:|---:|---:|---:|"]
+    DEFAULT, KEEP = "glibc's default", "keep freed memory"
+    for seq, step, kernels, precision, malloc in sorted(k for k in med if k[4] == DEFAULT):
+        d, k = med[seq, step, kernels, precision, DEFAULT], med.get((seq, step, kernels, precision, KEEP))
+        ref = med[seq, step, "torch", "fp32", DEFAULT]
+        lines.append(f"| {seq} | {step} | {kernels} | {precision} | {d:.3f} | {k:.3f} | {d / k:.2f}× | "
+                     f"{ref / k:.2f}× |" if k else f"| {seq} | {step} | {kernels} | {precision} | {d:.3f} | | | |")
+    Path(out).with_suffix(".md").write_text("\n".join(lines) + "\n")
+    Path(out).with_suffix(".json").write_text(json.dumps({"files": [Path(f).name for f in files], "runs": runs},
+                                                         indent=1) + "\n")
+    print("\n".join(lines))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--paths", action="store_true", help="time the training paths (kernels x precision) instead")
     p.add_argument("--rounds", type=int, default=8, help="--paths: interleaved rounds (default 8)")
+    p.add_argument("--path", action="append", choices=[f"{k}:{p}" for k, p in PATHS],
+                   help="--paths: time only these paths (repeatable; eager fp32, torch:fp32, is always timed)")
+    p.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                   help="keep: the Trainer's allocator setting (prunekit.machine.keep_freed_memory); default: glibc's "
+                        "own, as before that setting existed (for an A/B in two processes)")
     p.add_argument("--steps", type=int, default=40, help="timed steps per mode (default 40)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--malloc-summary", nargs="+", metavar="JSON", help="write --out (.md, .json) from --paths "
+                   "runs' _paths.json files made with both --malloc settings, and stop")
     add_glue_dir_option(p)
     a = p.parse_args()
+    if a.malloc_summary:
+        return malloc_summary(a.malloc_summary, a.out)
+    if a.malloc == "default":
+        os.environ["PRUNEKIT_MALLOC"] = "default"  # read once, at the first Trainer
     if a.paths:
-        return paths(a.rounds, a.batch_size, out=a.out)
+        only = None if not a.path else [("torch", "fp32")] + [tuple(x.split(":")) for x in a.path if x != "torch:fp32"]
+        return paths(a.rounds, a.batch_size, out=a.out, only=only)
     glue_dir = require_glue_dir(a.glue_dir, ["sst2"], "bench/train_speed.py")
     load_before = open("/proc/loadavg").read().split()[:3]  # other processes on the machine slow every step
     tok = prunekit.load_model("minilm").tokenizer

@@ -40,6 +40,7 @@ from . import distributed
 from .data import Task, batch_indices, collate
 from .errors import PrunekitError
 from .io import output_dir, write_json
+from .machine import keep_freed_memory
 from .metrics import compute_metrics, main_metric
 from .timing import Stopwatch
 
@@ -192,6 +193,7 @@ class Trainer:
         if args.batch_size < distributed.world_size():
             raise PrunekitError(f"--batch-size {args.batch_size} is smaller than the {distributed.world_size()} "
                                 "processes: every process needs examples of each (global) batch")
+        keep_freed_memory()  # every step reallocates the same big buffers: no page faults for them
         self.model, self.task, self.args = model.to(args.device), task, args
         model.set_kernels(args.kernels)
         self.net = model  # what the training forward calls: the model, or its DDP wrapper under torchrun

@@ -1,9 +1,12 @@
 """The fine-tuning loop, evaluation, resume, and the `finetune` / `eval` verbs, on a tiny model with
 the real MiniLM tokenizer and small task files written here."""
 import json
+import os
+import platform
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -280,3 +283,44 @@ def test_interrupted_finetune_verb_resumes_to_the_same_model(tiny_model_dir, sst
     assert all(torch.equal(a[k], b[k]) for k in a)
     # the step-8 train loss and dev score come from steps run after the resume (from step 3)
     assert (tmp_path / "cut" / "log.jsonl").read_text() == (tmp_path / "straight" / "log.jsonl").read_text()
+
+
+FAULTS_OF_A_BF16_STEP = """
+import resource, sys, torch
+from conftest import tiny_model
+if sys.argv[1] == "keep":
+    from prunekit.machine import keep_freed_memory
+    assert keep_freed_memory()
+torch.set_num_threads(1)
+model = tiny_model(hidden_size=256, head_dim=32, num_heads=[8, 8], ffn_dim=[1024, 1024], vocab_size=1000).train()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+ids = torch.randint(5, 1000, (32, 16))
+def step():
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.zeros(32, dtype=torch.long)).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+for _ in range(3):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting is glibc's")
+def test_keeping_freed_memory_stops_the_page_faults_of_a_training_step():
+    """Every bf16 step frees and reallocates the same buffers (autocast's weight copies, activations,
+    gradients); with keep_freed_memory (the Trainer and the Fisher pass call it) the steps after the
+    first reuse those pages instead of faulting them in again. Fresh processes: the setting is
+    process-wide."""
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", FAULTS_OF_A_BF16_STEP, mode], capture_output=True, text=True,
+                             env={**os.environ, "PRUNEKIT_MALLOC": "", "PYTHONPATH": str(Path(__file__).parent)},
+                             check=True)
+        return int(out.stdout.split()[-1])
+    default, kept = faults("default"), faults("keep")
+    assert default > 3000                   # glibc unmaps or trims the big blocks on free: their pages fault again
+    assert kept * 3 < default

@@ -17,7 +17,7 @@ bf16 would be slower, not faster).
 import torch
 from tqdm.auto import tqdm
 
-from ..machine import native_bf16
+from ..machine import keep_freed_memory, native_bf16
 from ..masks import Masks
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -41,6 +41,7 @@ def mask_gradients(model, batches, progress: bool = True, desc: str = "fisher", 
     every process ends with all of them (in batch order).
     """
     from .. import distributed
+    keep_freed_memory()  # each batch reallocates the same buffers (autocast's bf16 weight copies)
     all_batches = list(batches)
     batches = all_batches[distributed.rank()::distributed.world_size()]
     cfg = model.config
