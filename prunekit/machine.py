@@ -57,14 +57,13 @@ _heap_kept = None
 def keep_freed_memory() -> bool:
     """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 
-    A training step frees and allocates the same large buffers every time (the dense gradient of the
-    word embeddings, 30522 x 384 floats for MiniLM; the bf16 copies autocast makes of every weight).
-    By default glibc serves blocks above 128 KiB-32 MiB with mmap and unmaps them on free, so each
-    step touches fresh pages and pays a page fault per 4 KiB: on the 2-core CPU that was ~30% of a bf16
-    step at SST-2 lengths (bench/results/train_speed.md). Serving every block from the heap and
-    trimming the heap only above 1 GiB of free memory at its top removes those faults; the cost is
-    that the process's resident memory stays near its peak. Process-wide, once; a no-op off glibc or
-    with PRUNEKIT_MALLOC=default. Returns whether the setting is in effect."""
+    A training step frees and allocates the same buffers every time (activations, gradients, the bf16
+    copies autocast makes of every weight). By default glibc serves big blocks with mmap and unmaps
+    them on free, or trims them off the top of its heap, so each step touches fresh pages and pays a
+    page fault per 4 KiB (bench/results/train_speed_malloc.md). Serving every block from the heap and
+    trimming it only above 1 GiB of free memory at its top lets the next step reuse those pages; the
+    cost is that the process's resident memory stays near its peak. Process-wide, once; a no-op off
+    glibc or with PRUNEKIT_MALLOC=default. Returns whether the setting is in effect."""
     global _heap_kept
     if _heap_kept is None:
         _heap_kept = False
