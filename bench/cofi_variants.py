@@ -47,6 +47,9 @@ def main():
     p50 = {r["model"].split(":", 1)[1]: (r["p50_ms"], r["speedup"]) for r in rows
            if (r["runtime"], r["batch"], r["seq"]) == ("ort", 32, 128)}
     cold_name, warm_name = f"cofi-{task}-0.6", f"cofi-{task}-0.6-warm"
+    missing = [n for n in (cold_name, warm_name) if not (RUNS / n / "report.json").is_file()]
+    if missing:
+        sys.exit(f"bench/cofi_variants.py: error: no finished run {', '.join('runs/' + n for n in missing)}")
     rc = report(cold_name)
     metric = rc["main_metric"]
     teacher_score = rc["dev_metrics"]["teacher"][metric]
@@ -84,7 +87,8 @@ def main():
     cold_final = cold[-1][metric]
     epochs = cold[-1]["epoch"]
     eps = rc["constraint"].get("epsilon", 0.01)
-    reach = next((e for e in warm if e[metric] >= cold_final and abs(e["expected_sparsity"] - 0.6) <= eps), None)
+    target = rc["constraint"]["target_sparsity"]
+    reach = next((e for e in warm if e[metric] >= cold_final and abs(e["expected_sparsity"] - target) <= eps), None)
     rw = report(warm_name)
     lines += ["", f"Cold start after its {epochs:g} epoch(s) of pruning: {100 * cold_final:.2f}. "
               + (f"The warm start reaches it at step {reach['step']} (epoch {reach['epoch']:.2f}, at the target "

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from gluedir import add_glue_dir_option, require_glue_dir  # noqa: E402 (bench/, the script's own folder)
 from prunekit.benchmark import environment  # noqa: E402
+from prunekit.machine import keep_freed_memory  # noqa: E402
 from prunekit.posttrain.pipeline import Constraint, PostTrainConfig, compress, default_max_length  # noqa: E402
 from prunekit.teachers import load_teacher_and_task  # noqa: E402
 from prunekit.metrics import main_metric  # noqa: E402
@@ -42,23 +43,31 @@ def done() -> dict:
     return {(r["task"], r["seed"], r["precision"]): r for r in rows}
 
 
-def run_task(task_name: str, seeds, macs: float, glue_dir: str, have: dict):
+def run_task(task_name: str, seeds, macs: float, glue_dir: str, have: dict, other_threads: int | None = None):
     teacher = ROOT / "runs" / f"teacher-{task_name}"
     data = {"glue_dir": glue_dir, "max_length": default_max_length(task_name)}
     model, task, _ = load_teacher_and_task(str(teacher), task_name, data, purpose="post-training pruning",
                                            default_max_length=default_max_length(task_name))
     todo = [(s, p) for s in seeds for p in PRECISIONS if (task_name, s, p) not in have]
+    if other_threads and (task_name, 0, "fp32-threads") not in have:
+        todo.append((0, "fp32-threads"))  # the fp32 run of seed 0 again with another thread count
+    threads = torch.get_num_threads()
     for seed, precision in tqdm(todo, desc=task_name):
+        torch.set_num_threads(other_threads if precision == "fp32-threads" else threads)
         load = os.getloadavg()
         start = time.perf_counter()
-        compact, masks, report = compress(model, task, Constraint("macs", macs), PostTrainConfig(
-            seed=seed, fisher_precision=precision, evaluate=False, progress=False))
+        try:
+            compact, masks, report = compress(model, task, Constraint("macs", macs), PostTrainConfig(
+                seed=seed, fisher_precision=precision.split("-")[0], evaluate=False, progress=False))
+        finally:
+            torch.set_num_threads(threads)
         wall = time.perf_counter() - start
         metrics = evaluate_task(torch_predictor(compact, "cpu"), task, 128, False)
         row = {"task": task_name, "seed": seed, "precision": precision, "macs": macs, "teacher": str(teacher.relative_to(ROOT)),
                "main_metric": main_metric(task.name), "metric": metrics[main_metric(task.name)], "metrics": metrics,
                "fisher_seconds": report["seconds"]["fisher"], "pruning_seconds": report["seconds"]["pruning"],
-               "wall_seconds": wall, "macs_kept": report["macs_kept"], "threads": torch.get_num_threads(),
+               "wall_seconds": wall, "macs_kept": report["macs_kept"],
+               "threads": other_threads if precision == "fp32-threads" else threads, "malloc_kept": keep_freed_memory(),
                "load_average_before": load, "load_average_after": os.getloadavg(),
                "z_head": (masks.z_head != 0).int().tolist(), "z_int": (masks.z_int != 0).int().tolist()}
         with LOG.open("a") as f:
@@ -73,7 +82,7 @@ def disagree(a: dict, b: dict, key: str) -> int:
 def summarise(have: dict, tasks, seeds, command: str) -> tuple[str, dict]:
     env = environment(1)
     machine = f"{env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}"
-    threads = "/".join(str(t) for t in sorted({r["threads"] for r in have.values()}))
+    threads = "/".join(str(t) for t in sorted({r["threads"] for r in have.values() if r["precision"] in PRECISIONS}))
     lines = ["# bf16 vs fp32 Fisher pass in post-training pruning: paired over sample seeds", "",
              f"Command: `{command}`  ", f"Machine: {machine}, {threads} torch thread(s) per run; the load "
              "average before/after each run is in fisher_precision.json.",
@@ -102,10 +111,19 @@ def summarise(have: dict, tasks, seeds, command: str) -> tuple[str, dict]:
                       "bf16_mean": statistics.mean(bf16), "bf16_sd": statistics.stdev(bf16),
                       "diff_mean": statistics.mean(diff), "diff_se": se, "bf16_better": sum(d > 0 for d in diff),
                       "bf16_worse": sum(d < 0 for d in diff),
-                      "fisher_speedup": statistics.mean(a["fisher_seconds"] for a, _ in pairs)
-                      / statistics.mean(b["fisher_seconds"] for _, b in pairs)}
+                      # medians: a run that shared the machine with a stopped-and-resumed job must not skew it
+                      "fisher_speedup": statistics.median(a["fisher_seconds"] for a, _ in pairs)
+                      / statistics.median(b["fisher_seconds"] for _, b in pairs)}
+    floor = [(have[(t, 0, "fp32")], have[(t, 0, "fp32-threads")]) for t in tasks
+             if (t, 0, "fp32") in have and (t, 0, "fp32-threads") in have]
+    if floor:
+        lines += ["", "The same fp32 run with another thread count (seed 0): the order of the sums in the GEMMs "
+                  "changes, nothing else.", "",
+                  "| task | threads | fp32 | other threads | masks differ (heads / FFN units) |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {a['task']} | {a['threads']} vs {b['threads']} | {100 * a['metric']:.2f} | {100 * b['metric']:.2f} | "
+                  f"{disagree(a, b, 'z_head')} / {disagree(a, b, 'z_int')} |" for a, b in floor]
     lines += ["", "| task | seeds | fp32 mean ± sd | bf16 mean ± sd | bf16 - fp32 (paired) mean ± s.e. | "
-              "bf16 better / worse | Fisher pass fp32 / bf16 time |", "|---|---:|---:|---:|---:|---:|---:|"]
+              "bf16 better / worse | Fisher pass fp32 / bf16 time (medians) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for t, s in summary.items():
         lines.append(f"| {t} | {s['n']} | {s['fp32_mean']:.2f} ± {s['fp32_sd']:.2f} | {s['bf16_mean']:.2f} ± "
                      f"{s['bf16_sd']:.2f} | {s['diff_mean']:+.2f} ± {s['diff_se']:.2f} | {s['bf16_better']} / "
@@ -119,6 +137,8 @@ def main():
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
     p.add_argument("--macs", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--other-threads", type=int, help="also run fp32, seed 0, with this many threads (the noise "
+                   "floor: what a change of summation order alone does to the masks)")
     p.add_argument("--report-only", action="store_true", help="only write the tables from the runs logged so far")
     add_glue_dir_option(p)
     args = p.parse_args()
@@ -128,7 +148,7 @@ def main():
         glue_dir = require_glue_dir(args.glue_dir, args.tasks, "bench/fisher_precision.py")
         LOG.parent.mkdir(exist_ok=True)
         for t in args.tasks:
-            run_task(t, args.seeds, args.macs, glue_dir, have)
+            run_task(t, args.seeds, args.macs, glue_dir, have, args.other_threads)
     command = "python bench/fisher_precision.py " + " ".join(sys.argv[1:])
     text, summary = summarise(have, args.tasks, args.seeds, command)
     OUT.with_suffix(".md").write_text(text)

@@ -35,11 +35,14 @@ def one(task: str, teacher: str, precision: str, threads: int, glue_dir: str) ->
                str(threads), "--glue-dir", glue_dir, "--output", str(Path(tmp) / "pt")]
         load = os.getloadavg()
         start = time.perf_counter()
-        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"bench/pruning_time.py: error: {' '.join(cmd[1:])} failed:\n{done.stderr[-2000:]}")
         wall = time.perf_counter() - start
         report = json.loads((Path(tmp) / "pt" / "report.json").read_text())
     return {"task": task, "teacher": teacher, "precision": precision, "threads": threads, "wall_s": wall,
-            "pruning_s": report["seconds"]["pruning"], **{f"{s}_s": report["seconds"].get(s) for s in STAGES},
+            "pruning_s": report["seconds"]["pruning"],
+            **{f"{s}_s": report["seconds"].get(s, float("nan")) for s in STAGES},
             "fisher_precision": report["fisher_precision"], "load_average_before": load,
             "load_average_after": os.getloadavg()}
 
@@ -52,6 +55,8 @@ def main():
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "pruning_time"))
     add_glue_dir_option(p)
     a = p.parse_args()
+    if not all("=" in t for t in a.teacher):
+        p.error("--teacher takes TASK=DIR pairs, e.g. sst2=runs/teacher-sst2")
     teachers = dict(t.split("=", 1) for t in a.teacher)
     glue_dir = require_glue_dir(a.glue_dir, list(teachers), "bench/pruning_time.py")
     rows = []

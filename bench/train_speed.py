@@ -4,6 +4,10 @@ paths (kernels x precision) against eager fp32 on fixed shapes.
 
     python bench/train_speed.py --paths --out bench/results/train_speed      # -> train_speed_paths.{md,json}
 
+--path restricts --paths to some paths, --seq sets its lengths; --malloc default times under glibc's
+own allocator instead of prunekit.machine.keep_freed_memory (process-wide, so an A/B is two processes
+run alternately); --malloc-summary FILES... --out OUT tabulates such _paths.json files.
+
 --paths: a fine-tuning step (Trainer.train_step) and a CoFi pruning step (CoFiTrainer.train_step: teacher
 forward, student forward under a fresh sample of all five masks, distillation, backward, three
 optimiser steps) of MiniLM at batch 32 and sequence 64 and 128 (every token real), for eager fp32
@@ -106,7 +110,8 @@ def paths(rounds: int, batch_size: int, seqs=(64, 128), out=None, only=None):
                        f"{torch.get_num_threads()} threads, native bf16: {bool(cpu_flags() & {'avx512_bf16', 'amx_bf16'})}",
             "load_before": load, "load_after": load_average(), "rounds": rounds, "batch_size": batch_size, "rows": rows}
     info["malloc"] = "keep freed memory" if keep_freed_memory() else "glibc's default"
-    command = f"python bench/train_speed.py --paths --rounds {rounds}" + (
+    command = (f"python bench/train_speed.py --paths --rounds {rounds} --batch-size {batch_size} --seq "
+               f"{' '.join(map(str, seqs))} --malloc {'keep' if keep_freed_memory() else 'default'}") + (
         " --path " + " --path ".join(f"{k}:{p}" for k, p in only) if only else "")
     lines = ["# Training step speed by path (MiniLM, batch {}, every token real)".format(batch_size), "",
              f"`{command}`; {info['machine']}; allocator: {info['malloc']}; load average before "
@@ -127,15 +132,18 @@ def malloc_summary(files: list[str], out: str):
     against eager fp32 under glibc's default allocator (the reference before the setting existed)."""
     import statistics
     runs = [json.loads(Path(f).read_text()) for f in files]
+    if len({r["batch_size"] for r in runs}) > 1:
+        raise SystemExit("bench/train_speed.py: error: the runs differ in batch size")
     by = {}
     for r in runs:
         for row in r["rows"]:
-            by.setdefault((row["seq"], row["step"], row["kernels"], row["precision"], r["malloc"]), []).append(
+            by.setdefault((row["seq"], row["step"], row["kernels"], row["precision"],
+                           r.get("malloc", "glibc's default")), []).append(
                 row["median_s"])
     med = {k: statistics.median(v) for k, v in by.items()}
     lines = ["# Training step speed: glibc's default allocator vs keeping freed memory (prunekit.machine."
              "keep_freed_memory)", "",
-             f"Runs (alternating, one process each, quiet machine): {', '.join(Path(f).name for f in files)}; "
+             f"Runs (one process each): {', '.join(Path(f).name for f in files)}; "
              f"{runs[0]['machine']}; load averages before/after each run in the JSON. Each cell: median over the "
              "runs of each run's median of its interleaved rounds.", "",
              "| seq | step | kernels | precision | s/step, default malloc | s/step, kept memory | kept vs default | "
@@ -156,6 +164,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--paths", action="store_true", help="time the training paths (kernels x precision) instead")
     p.add_argument("--rounds", type=int, default=8, help="--paths: interleaved rounds (default 8)")
+    p.add_argument("--seq", type=int, nargs="+", default=[64, 128], help="--paths: sequence lengths (default 64 128)")
     p.add_argument("--path", action="append", choices=[f"{k}:{p}" for k, p in PATHS],
                    help="--paths: time only these paths (repeatable; eager fp32, torch:fp32, is always timed)")
     p.add_argument("--malloc", choices=("keep", "default"), default="keep",
@@ -169,12 +178,13 @@ def main():
     add_glue_dir_option(p)
     a = p.parse_args()
     if a.malloc_summary:
+        if not a.out:
+            p.error("--malloc-summary needs --out")
         return malloc_summary(a.malloc_summary, a.out)
-    if a.malloc == "default":
-        os.environ["PRUNEKIT_MALLOC"] = "default"  # read once, at the first Trainer
+    os.environ["PRUNEKIT_MALLOC"] = "default" if a.malloc == "default" else "keep"  # read at the first Trainer
     if a.paths:
         only = None if not a.path else [("torch", "fp32")] + [tuple(x.split(":")) for x in a.path if x != "torch:fp32"]
-        return paths(a.rounds, a.batch_size, out=a.out, only=only)
+        return paths(a.rounds, a.batch_size, seqs=a.seq, out=a.out, only=only)
     glue_dir = require_glue_dir(a.glue_dir, ["sst2"], "bench/train_speed.py")
     load_before = open("/proc/loadavg").read().split()[:3]  # other processes on the machine slow every step
     tok = prunekit.load_model("minilm").tokenizer

@@ -63,7 +63,8 @@ def keep_freed_memory() -> bool:
     page fault per 4 KiB (bench/results/train_speed_malloc.md). Serving every block from the heap and
     trimming it only above 1 GiB of free memory at its top lets the next step reuse those pages; the
     cost is that the process's resident memory stays near its peak. Process-wide, once; a no-op off
-    glibc or with PRUNEKIT_MALLOC=default. Returns whether the setting is in effect."""
+    glibc or with PRUNEKIT_MALLOC=default, and moot under an LD_PRELOADed allocator (jemalloc,
+    tcmalloc), which keeps memory its own way. Returns whether glibc took the setting."""
     global _heap_kept
     if _heap_kept is None:
         _heap_kept = False

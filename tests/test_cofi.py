@@ -443,6 +443,7 @@ def test_latency_target_uses_the_block_tables_and_measures_the_compact_model(tmp
     assert abs(r["constraint"]["expected_at_end"] - 0.4) < 0.1                      # 1 - 0.6 of the latency removed
     assert set(r["latency"]["measured_ms"]) == {"teacher", "compact"} and r["latency"]["kept_measured"] > 0
     assert 0 < r["latency"]["kept_by_table"] <= 1
+    assert r["latency"]["table_key"] is None                                        # the fixed table, not a timed one
     assert all(0 < ms < 1000 for ms in r["latency"]["measured_ms"].values())        # milliseconds of a tiny model
     from prunekit.cli import summarise_cofi
     text = summarise_cofi(r, tmp_path / "run")
