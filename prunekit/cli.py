@@ -540,8 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-samples", type=int, help=f"training examples for Fisher and tuning (default {P['num_samples']})")
     g.add_argument("--fisher-precision", choices=("fp32", "bf16", "auto"),
                    help=f"precision of the Fisher pass (default {P['fisher_precision']}; bf16 is faster on CPUs/GPUs "
-                   "with native bf16 but flips near-ties in the ranking: see bench/results/posttrain.md; auto = bf16 "
-                   "where native)")
+                   "with native bf16; it flips near-ties in the ranking, with no measurable cost to the dev metric over "
+                   "five sampling seeds: bench/results/fisher_precision.md; auto = bf16 where native)")
     g.add_argument("--no-eval", action="store_true", help="skip the dev evaluations (they are not pruning time)")
     g.add_argument("--distill-steps", type=int, help="after surgery, this many steps of distillation fine-tuning of "
                    "the compact model from the teacher (CoFi's losses; default 0: none)")

@@ -10,9 +10,10 @@ The gradients are of the batch-mean loss, as in the reference: not per-example g
 
 precision="bf16" runs the forward and backward under bfloat16 autocast: faster on CPUs with native
 bf16 (AVX512_BF16 / AMX) and on recent GPUs. The bf16 mask gradients correlate closely with the fp32
-ones, yet near-ties in the ranking flip and that cost dev accuracy (bench/results/posttrain.md), so the
-pipeline's default is fp32; "auto" picks bf16 where the hardware has it and fp32 elsewhere (emulated
-bf16 would be slower, not faster).
+ones, yet near-ties in the ranking flip. A single run once looked worse for it; paired over sampling
+seeds the bf16 masks score within the spread that the sample alone causes
+(bench/results/fisher_precision.md). The pipeline's default stays fp32, the reference's precision;
+"auto" picks bf16 where the hardware has it and fp32 elsewhere (emulated bf16 would be slower).
 """
 import torch
 from tqdm.auto import tqdm

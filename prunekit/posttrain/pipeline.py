@@ -92,7 +92,7 @@ class PostTrainConfig:
     allow_empty_sublayers: bool = False  # an emptied sublayer loses its LayerNorm too; that collapsed MRPC
     evaluate: bool = True              # dev metric after every stage (evaluation is not pruning time)
     # Advanced
-    fisher_precision: str = "fp32"     # bf16 flips near-ties in the ranking (bench/results/posttrain.md)
+    fisher_precision: str = "fp32"     # the reference's; bf16: faster, as good within noise (fisher_precision.md)
     fisher_by_length: bool = True      # Fisher batches of similar length: little padding to pay for
     tune_precision: str = "auto"       # tuning forwards in bf16 where native; the solves stay fp32/fp64
     ridge: float = 1e-3                # pulls tuned scales toward 1 (x the mean diagonal: scale-free)
