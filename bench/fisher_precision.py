@@ -29,13 +29,14 @@ from gluedir import add_glue_dir_option, require_glue_dir  # noqa: E402 (bench/,
 from prunekit.benchmark import environment  # noqa: E402
 from prunekit.machine import keep_freed_memory  # noqa: E402
 from prunekit.posttrain.pipeline import Constraint, PostTrainConfig, compress, default_max_length  # noqa: E402
-from prunekit.teachers import load_teacher_and_task  # noqa: E402
 from prunekit.metrics import main_metric  # noqa: E402
+from prunekit.teachers import load_teacher_and_task  # noqa: E402
 from prunekit.training import evaluate_task, torch_predictor  # noqa: E402
 
 LOG = ROOT / "runs" / "fisher_precision.jsonl"
 OUT = ROOT / "bench" / "results" / "fisher_precision"
 PRECISIONS = ("fp32", "bf16")
+OTHER = "fp32-threads"  # the fp32 run of seed 0 again with --other-threads threads
 
 
 def done() -> dict:
@@ -49,16 +50,18 @@ def run_task(task_name: str, seeds, macs: float, glue_dir: str, have: dict, othe
     model, task, _ = load_teacher_and_task(str(teacher), task_name, data, purpose="post-training pruning",
                                            default_max_length=default_max_length(task_name))
     todo = [(s, p) for s in seeds for p in PRECISIONS if (task_name, s, p) not in have]
-    if other_threads and (task_name, 0, "fp32-threads") not in have:
-        todo.append((0, "fp32-threads"))  # the fp32 run of seed 0 again with another thread count
+    if other_threads and (task_name, 0, OTHER) not in have:
+        todo.append((0, OTHER))
     threads = torch.get_num_threads()
     for seed, precision in tqdm(todo, desc=task_name):
-        torch.set_num_threads(other_threads if precision == "fp32-threads" else threads)
+        run_threads = other_threads if precision == OTHER else threads
+        torch.set_num_threads(run_threads)
         load = os.getloadavg()
         start = time.perf_counter()
         try:
             compact, masks, report = compress(model, task, Constraint("macs", macs), PostTrainConfig(
-                seed=seed, fisher_precision=precision.split("-")[0], evaluate=False, progress=False))
+                seed=seed, fisher_precision="fp32" if precision == OTHER else precision, evaluate=False,
+                progress=False))
         finally:
             torch.set_num_threads(threads)
         wall = time.perf_counter() - start
@@ -67,7 +70,7 @@ def run_task(task_name: str, seeds, macs: float, glue_dir: str, have: dict, othe
                "main_metric": main_metric(task.name), "metric": metrics[main_metric(task.name)], "metrics": metrics,
                "fisher_seconds": report["seconds"]["fisher"], "pruning_seconds": report["seconds"]["pruning"],
                "wall_seconds": wall, "macs_kept": report["macs_kept"],
-               "threads": other_threads if precision == "fp32-threads" else threads, "malloc_kept": keep_freed_memory(),
+               "threads": run_threads, "malloc_kept": keep_freed_memory(),
                "load_average_before": load, "load_average_after": os.getloadavg(),
                "z_head": (masks.z_head != 0).int().tolist(), "z_int": (masks.z_int != 0).int().tolist()}
         with LOG.open("a") as f:
@@ -114,8 +117,8 @@ def summarise(have: dict, tasks, seeds, command: str) -> tuple[str, dict]:
                       # medians: a run that shared the machine with a stopped-and-resumed job must not skew it
                       "fisher_speedup": statistics.median(a["fisher_seconds"] for a, _ in pairs)
                       / statistics.median(b["fisher_seconds"] for _, b in pairs)}
-    floor = [(have[(t, 0, "fp32")], have[(t, 0, "fp32-threads")]) for t in tasks
-             if (t, 0, "fp32") in have and (t, 0, "fp32-threads") in have]
+    floor = [(have[(t, 0, "fp32")], have[(t, 0, OTHER)]) for t in tasks
+             if (t, 0, "fp32") in have and (t, 0, OTHER) in have]
     if floor:
         lines += ["", "The same fp32 run with another thread count (seed 0): the order of the sums in the GEMMs "
                   "changes, nothing else.", "",

@@ -62,6 +62,7 @@ def measure(task, group_by_length: bool, steps: int, batch_size: int, warmup: in
 
 
 PATHS = [("torch", "fp32"), ("sdpa", "fp32"), ("torch", "bf16"), ("sdpa", "bf16")]
+DEFAULT, KEEP = "glibc's default", "keep freed memory"  # the allocator a --paths run timed under
 
 
 def paths(rounds: int, batch_size: int, seqs=(64, 128), out=None, only=None):
@@ -109,9 +110,10 @@ def paths(rounds: int, batch_size: int, seqs=(64, 128), out=None, only=None):
     info = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} threads, native bf16: {bool(cpu_flags() & {'avx512_bf16', 'amx_bf16'})}",
             "load_before": load, "load_after": load_average(), "rounds": rounds, "batch_size": batch_size, "rows": rows}
-    info["malloc"] = "keep freed memory" if keep_freed_memory() else "glibc's default"
+    kept = keep_freed_memory()  # what the Trainers above ran under
+    info["malloc"] = KEEP if kept else DEFAULT
     command = (f"python bench/train_speed.py --paths --rounds {rounds} --batch-size {batch_size} --seq "
-               f"{' '.join(map(str, seqs))} --malloc {'keep' if keep_freed_memory() else 'default'}") + (
+               f"{' '.join(map(str, seqs))} --malloc {'keep' if kept else 'default'}") + (
         " --path " + " --path ".join(f"{k}:{p}" for k, p in only) if only else "")
     lines = ["# Training step speed by path (MiniLM, batch {}, every token real)".format(batch_size), "",
              f"`{command}`; {info['machine']}; allocator: {info['malloc']}; load average before "
@@ -137,9 +139,8 @@ def malloc_summary(files: list[str], out: str):
     by = {}
     for r in runs:
         for row in r["rows"]:
-            by.setdefault((row["seq"], row["step"], row["kernels"], row["precision"],
-                           r.get("malloc", "glibc's default")), []).append(
-                row["median_s"])
+            by.setdefault((row["seq"], row["step"], row["kernels"], row["precision"], r.get("malloc", DEFAULT)),
+                          []).append(row["median_s"])
     med = {k: statistics.median(v) for k, v in by.items()}
     lines = ["# Training step speed: glibc's default allocator vs keeping freed memory (prunekit.machine."
              "keep_freed_memory)", "",
@@ -148,12 +149,11 @@ def malloc_summary(files: list[str], out: str):
              "runs of each run's median of its interleaved rounds.", "",
              "| seq | step | kernels | precision | s/step, default malloc | s/step, kept memory | kept vs default | "
              "vs eager fp32 with default malloc |", "|---:|---|---|---|---:|---:|---:|---:|"]
-    DEFAULT, KEEP = "glibc's default", "keep freed memory"
-    for seq, step, kernels, precision, malloc in sorted(k for k in med if k[4] == DEFAULT):
+    for seq, step, kernels, precision, _ in sorted(k for k in med if k[4] == DEFAULT):
         d, k = med[seq, step, kernels, precision, DEFAULT], med.get((seq, step, kernels, precision, KEEP))
+        cells = f"| {seq} | {step} | {kernels} | {precision} | {d:.3f} |"
         ref = med[seq, step, "torch", "fp32", DEFAULT]
-        lines.append(f"| {seq} | {step} | {kernels} | {precision} | {d:.3f} | {k:.3f} | {d / k:.2f}× | "
-                     f"{ref / k:.2f}× |" if k else f"| {seq} | {step} | {kernels} | {precision} | {d:.3f} | | | |")
+        lines.append(cells + (f" {k:.3f} | {d / k:.2f}× | {ref / k:.2f}× |" if k else " | | |"))
     Path(out).with_suffix(".md").write_text("\n".join(lines) + "\n")
     Path(out).with_suffix(".json").write_text(json.dumps({"files": [Path(f).name for f in files], "runs": runs},
                                                          indent=1) + "\n")
