@@ -38,7 +38,7 @@ def read_config(path: Path) -> dict:
     if not cfg_file.is_file():
         raise PrunekitError(f"{path} has no config.json: not a model directory")
     try:
-        config = json.loads(cfg_file.read_text(encoding="utf-8-sig"))
+        config = json.loads(cfg_file.read_text(encoding="utf-8"))  # as transformers reads it
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PrunekitError(f"{cfg_file} is not valid JSON: {e}") from e
     if not isinstance(config, dict):
@@ -50,7 +50,7 @@ def index_shards(index: Path, local: bool = True) -> list[str]:
     """The shard files a model.safetensors.index.json names: plain .safetensors names beside it (and,
     when `local`, present), or a PrunekitError."""
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8-sig")).get("weight_map")
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         raise PrunekitError(f"{index} is not a JSON object with a weight_map") from e
     if not isinstance(weight_map, dict) or not weight_map:
@@ -160,28 +160,35 @@ def checked_config(path: Path, config_class, cfg: dict | None = None):
 
 
 def check_before_load(model_class, name_or_path, kwargs: dict) -> None:
-    """What from_pretrained checks before transformers reads a weight. A directory: its weight files
-    (weight_files) and their headers against its config (check_fit). A hub id: the index and config.json
-    transformers would follow, from the hub or, when it cannot be reached, the cache (the weights
-    themselves are checked once loaded)."""
-    path = Path(name_or_path) / kwargs.get("subfolder", "")
+    """What from_pretrained checks before transformers reads a weight (kwargs: from_pretrained's)."""
     if Path(name_or_path).is_dir():
-        config = kwargs.get("config")
-        if not isinstance(config, model_class.config_class):
-            config = checked_config(path, model_class.config_class)
-        check_fit(path, expected_shapes(model_class, config), header_shapes(weight_files(path)))
-        return
+        check_directory(model_class, Path(name_or_path) / kwargs.get("subfolder", ""), kwargs.get("config"))
+    else:
+        check_hub_files(str(name_or_path), kwargs)
+
+
+def check_directory(model_class, path: Path, config=None) -> None:
+    """A model directory's weight files (weight_files) and their headers against its config (check_fit;
+    `config` when one is passed to from_pretrained)."""
+    if not isinstance(config, model_class.config_class):
+        config = checked_config(path, model_class.config_class)
+    check_fit(path, expected_shapes(model_class, config), header_shapes(weight_files(path)))
+
+
+def check_hub_files(repo: str, kwargs: dict) -> None:
+    """The config.json and index transformers would follow for a hub id: from the hub, or from the cache
+    where the hub cannot be reached (transformers falls back on it). The weights are checked once loaded."""
     from transformers.utils import cached_file
 
     from . import hub
     where = {k: kwargs[k] for k in ("cache_dir", "force_download", "proxies", "token", "revision",
                                     "local_files_only", "subfolder") if k in kwargs}
-    if hub.offline() or hub.unreachable():  # what transformers will fall back on: the cache (no retries here)
+    if hub.offline() or hub.unreachable():  # the cache, at once, instead of transformers' retries
         where["local_files_only"] = True
-    found = {name: cached_file(str(name_or_path), name, _raise_exceptions_for_missing_entries=False,
+    found = {name: cached_file(repo, name, _raise_exceptions_for_missing_entries=False,
                                _raise_exceptions_for_connection_errors=False, **where)
              for name in ("config.json", INDEX_NAME)}
     if found["config.json"]:
-        check_declared_weights(name_or_path, read_config(Path(found["config.json"]).parent).get("transformers_weights"))
+        check_declared_weights(repo, read_config(Path(found["config.json"]).parent).get("transformers_weights"))
     if found[INDEX_NAME]:
         index_shards(Path(found[INDEX_NAME]), local=False)
