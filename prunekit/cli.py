@@ -18,10 +18,9 @@ def defaults(cls) -> dict:
 
 
 def cmd_info(args):
-    from .checkpoints import load_model
+    from .checkpoints import inspect
     from .cost import cost_report, format_report
-    model = load_model(args.model)
-    report = cost_report(model.config, seq_len=args.seq_len)
+    report = cost_report(inspect(args.model), seq_len=args.seq_len)  # load_model's checks, no weights read
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -342,7 +341,8 @@ def data_args(args) -> dict:
     """load_task's data arguments from the shared --glue-dir/--train-file/... options."""
     columns = [c.strip() for c in args.text_columns.split(",")] if args.text_columns else None
     return dict(glue_dir=args.glue_dir, max_length=args.max_length, train_file=getattr(args, "train_file", None),
-                dev_file=args.dev_file, text_columns=columns, label_column=args.label_column)
+                dev_file=args.dev_file, text_columns=columns, label_column=args.label_column,
+                label_list=args.label_list.split(",") if args.label_list else None)
 
 
 def add_data_options(p, train: bool):
@@ -356,6 +356,8 @@ def add_data_options(p, train: bool):
     p.add_argument("--dev-file", help="custom dev data (.tsv, .csv or .jsonl)")
     p.add_argument("--text-columns", help="custom data: one or two text columns, comma-separated (e.g. premise,hypothesis)")
     p.add_argument("--label-column", help="custom data: the label column (default: label)")
+    p.add_argument("--label-list", help="custom data: the labels in id order, comma-separated (default: the "
+                   "sorted values of the label column, refused when they look like text)")
     p.add_argument("--max-length", type=int, help="tokens per example, truncating longer ones (default 128, or the "
                    "model's limit if that is shorter)")
     p.add_argument("--device", default=default_device(), help="cpu or cuda (default: %(default)s)")

@@ -41,6 +41,7 @@ from .config import PrunekitBertConfig
 from .errors import PrunekitError
 from .io import staged_into
 from .tokenizer import load_tokenizer
+from .weights import check_before_load, check_finite
 
 
 @dataclass
@@ -385,12 +386,17 @@ class PrunekitBertForSequenceClassification(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Rebuild a (compact) model from its own config; the dense model is never needed. Weights are
-        read from safetensors only: a pickle (pytorch_model.bin) is never loaded, even beside other
-        .safetensors files such as masks.safetensors."""
+        read from safetensors only and nothing is ever unpickled: an index (or config.json's
+        transformers_weights) naming a pickle is refused before transformers reads anything, as are
+        weights that do not fit the config (missing, unexpected, misshapen: weights.check_fit), and
+        after loading every weight must be finite. Each problem is a one-line PrunekitError."""
         if kwargs.get("use_safetensors") is False:
             raise ValueError("prunekit models load from safetensors only (use_safetensors=False is refused)")
         kwargs["use_safetensors"] = True
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        check_before_load(cls, pretrained_model_name_or_path, kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if kwargs.get("output_loading_info") else loaded  # (model, loading info) then
+        check_finite(pretrained_model_name_or_path, model.state_dict())
         if os.path.isdir(pretrained_model_name_or_path):
             model.tokenizer = load_tokenizer(pretrained_model_name_or_path)
-        return model
+        return loaded
