@@ -104,7 +104,8 @@ def main():
     base = rows[0][metric_name]
     lines = ["# Pruning stacked with int8 (ORT CPU)", "",
              f"`python {' '.join(sys.argv)}`; {env['cpu']}, {args.threads} threads, onnxruntime {env['onnxruntime']}; "
-             f"load average after: {env['load_average']}. Dev {metric_name} of the full dev set through ORT; P50 latency "
+             f"load average after: {env['load_average']}. Dev {metric_name} of the full dev set through the row's runtime "
+             "(ORT unless named); P50 latency "
              "over interleaved rounds; speed-up against the dense fp32 model in the same run.", "",
              f"| model | MACs kept | variant | dev {metric_name} | Δ vs dense fp32 | P50 b1/s128 | speed-up | "
              "P50 b32/s128 | speed-up |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]

@@ -176,7 +176,8 @@ class OpenVinoClassifier(Classifier):
     OpenVINO reads the ONNX file itself (plain, ORT-fused or int8 graphs) and compiles it for the
     CPU with dynamic batch and sequence. Settings, each for a reason:
       INFERENCE_PRECISION_HINT f32  on CPUs with native bf16 (AVX-512 BF16, AMX) OpenVINO's default is
-                                    bf16: logits would move by ~1e-2 and depend on the CPU
+                                    bf16: logits would miss the fp32 parity and depend on the CPU
+                                    (measured: bench/results/openvino.md)
       PERFORMANCE_HINT LATENCY, one stream: one request at a time, as ORT's session is timed
       INFERENCE_NUM_THREADS         = threads, when given (ORT's intra_op_num_threads)
     """
