@@ -132,15 +132,17 @@ def plot(rows: list, metric: str, path: Path):
     marker = {v: mk for v, mk in zip(VARIANTS, "osD")}
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for r in rows:
+        ov = r.get("runtime") == "openvino"  # hollow: the same file in OpenVINO
         ax.scatter(r["speedup_b32_s128"], 100 * r[metric], color=colour[r["model"]], marker=marker[r["variant"]],
-                   s=50, edgecolor="black", linewidth=0.4, zorder=3)
+                   s=50, edgecolor=colour[r["model"]] if ov else "black", facecolor="none" if ov else None,
+                   linewidth=1.2 if ov else 0.4, zorder=3)
     front, best = [], -math.inf
     for r in sorted(rows, key=lambda r: (-r["speedup_b32_s128"], -r[metric])):  # fastest first: kept if more accurate than all faster
         if 100 * r[metric] > best:
             best = 100 * r[metric]
             front.append((r["speedup_b32_s128"], best))
     ax.plot(*zip(*sorted(front)), color="grey", linestyle="--", linewidth=1, zorder=2, label="Pareto front")
-    ax.set(xlabel="speed-up vs dense fp32, ORT CPU, batch 32 / seq 128", ylabel=f"dev {metric} (ORT)",
+    ax.set(xlabel="speed-up vs dense fp32, ORT CPU, batch 32 / seq 128", ylabel=f"dev {metric}",
            title="accuracy vs speed-up: pruning x int8")
     ax.grid(True, alpha=0.3)
     handles = [Line2D([], [], color=colour[m], marker="o", linestyle="", label=m) for m in models]
@@ -149,6 +151,8 @@ def plot(rows: list, metric: str, path: Path):
     ax.add_artist(first)
     handles = [Line2D([], [], color="grey", marker=mk, linestyle="", label=v) for v, mk in marker.items()]
     handles.append(Line2D([], [], color="grey", linestyle="--", label="Pareto front"))
+    if any(r.get("runtime") == "openvino" for r in rows):
+        handles.append(Line2D([], [], color="grey", marker="o", markerfacecolor="none", linestyle="", label="OpenVINO"))
     second = ax.legend(handles=handles, title="variant", fontsize=7, title_fontsize=8, loc="lower left",
                        bbox_to_anchor=(1.02, 0.0))
     fig.savefig(path, dpi=120, bbox_inches="tight", bbox_extra_artists=[first, second])
