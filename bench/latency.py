@@ -5,6 +5,7 @@
     python bench/latency.py --full-grid --runtimes ort-opt    # batch {1,8,32,128} x seq {32,128,384}
     python bench/latency.py --device cuda                     # torch fp32/fp16 (CUDA events), ORT CUDA + IO binding
     python bench/latency.py --runtimes ort ort-shipped        # plain graph vs what `export --optimize` ships
+    python bench/latency.py --runtimes ort openvino           # the same model.onnx in ORT and in OpenVINO
 
 For every (batch, seq) cell and every runtime, the dense model and the pruned ones are warmed up
 (by count and by time), then timed round-robin with the order rotating every round, so that drift
@@ -29,6 +30,7 @@ from prunekit.benchmark import (Row, environment, markdown_table, rounds_for, sp
                                 time_interleaved, warm_up)
 from prunekit.cost import macs
 from prunekit.errors import PrunekitError
+from prunekit.export.runtime import open_classifier, runtime_versions
 
 CPU_RUNTIMES = ("torch", "ort", "ort-opt", "ort-int8")  # ort-opt-int8 on request: rarely faster than ort-int8 on CPU
 CUDA_RUNTIMES = ("torch", "torch-fp16", "ort-cuda", "ort-cuda-fp16")
@@ -38,6 +40,7 @@ EXPORT_VARIANTS = {  # runtime -> export_onnx keyword arguments
     "ort-shipped": {"optimize": True},  # what `prunekit export --optimize` ships: fused or plain, the faster
     "ort-cuda": {"optimize": True, "keep_fused": True, "device": "cuda"},
     "ort-cuda-fp16": {"optimize": True, "keep_fused": True, "fp16": True, "device": "cuda"},
+    "openvino": {"check_with": ("openvino",)},  # the plain graph in OpenVINO, parity checked there too
 }
 
 
@@ -126,14 +129,12 @@ def make_runner(runtime: str, model, onnx_dir: Path | None, batch: dict, device:
             with torch.inference_mode():
                 m(**feeds)
         return run
-    from prunekit.export import OnnxClassifier
     # spinning off: sessions are interleaved, and the idle threads of the session that just ran would
     # otherwise busy-wait on the cores the next one needs
-    clf = OnnxClassifier(onnx_dir, device="cuda" if "cuda" in runtime else "cpu", threads=threads, spinning=False)
+    clf = open_classifier(onnx_dir, "openvino" if runtime == "openvino" else "ort",
+                          device="cuda" if "cuda" in runtime else "cpu", threads=threads, spinning=False)
     feeds = clf.feeds(batch)
-    if clf.device == "cuda":
-        return lambda: (clf._run_cuda(feeds), None)[1]
-    return lambda: (clf.session.run([clf.output_name], feeds), None)[1]
+    return lambda: (clf.run(feeds), None)[1]
 
 
 def synthetic_batch(vocab: int, batch: int, seq: int, seed: int = 0) -> dict:
@@ -152,7 +153,7 @@ def run_grid(models: dict, runtimes, batches, seqs, device, threads, cache, budg
         mtime = max((f.stat().st_mtime for f in path.glob("*.safetensors")), default=0) if path else 0
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
         for rt in runtimes:
-            if rt.startswith("ort"):
+            if rt in EXPORT_VARIANTS:
                 print(f"exporting {name} for {rt} ...", file=sys.stderr)
                 onnx_dirs[name, rt] = export_cached(model, slug, rt, cache, mtime)
     rows = []
@@ -306,7 +307,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="runs", help="where to look for compact models when --pruned is not given")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--runtimes", nargs="+", help=f"CPU: {' '.join(CPU_RUNTIMES)}; CUDA: {' '.join(CUDA_RUNTIMES)}; on request: ort-opt-int8, "
-                   "ort-shipped (export --optimize's choice: the fused graph only where it was faster)")
+                   "ort-shipped (export --optimize's choice: the fused graph only where it was faster), "
+                   "openvino (the plain graph in OpenVINO, pip install 'prunekit[openvino]')")
     p.add_argument("--batch", nargs="+", type=int, help="batch sizes (default 1 32; full grid 1 8 32 128)")
     p.add_argument("--seq", nargs="+", type=int, help="sequence lengths (default 32 128; full grid 32 128 384)")
     p.add_argument("--full-grid", action="store_true", help="batch {1,8,32,128} x seq {32,128,384} (default on CUDA)")
@@ -340,7 +342,7 @@ def run(args) -> int:
     batches = args.batch or ([1, 8, 32, 128] if full else [1, 32])
     seqs = args.seq or ([32, 128, 384] if full else [32, 128])
     runtimes = args.runtimes or list(CUDA_RUNTIMES if args.device == "cuda" else CPU_RUNTIMES)
-    known = CUDA_RUNTIMES + CPU_RUNTIMES + ("ort-opt-int8", "ort-shipped")
+    known = CUDA_RUNTIMES + CPU_RUNTIMES + ("ort-opt-int8", "ort-shipped", "openvino")
     if bad := [r for r in runtimes if r not in known]:
         raise PrunekitError(f"unknown runtime(s) {bad}; choose from {' '.join(dict.fromkeys(known))}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -377,6 +379,7 @@ def run(args) -> int:
 
     metrics = {name: model_metric(path) for name, (_, path) in models.items()}
     env = environment(args.threads, args.device)
+    env.update(runtime_versions(runtimes))
     table = markdown_table(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,11 +4,13 @@ scored on the full dev set through ONNX Runtime and timed in ORT-CPU at b1/s128 
     python bench/stacked.py --task sst2 --model teacher=runs/teacher-sst2 \
         --model post-training=runs/pt-sst2-macs0.5-d0 --model cofi=runs/cofi-sst2-macs0.5
     # the first --model is the dense fp32 reference of every speed-up; writes bench/results/stacked.{md,json}
+    python bench/stacked.py ... --runtimes ort openvino   # each variant in ORT and in OpenVINO (the same model.onnx)
 
 Each variant is what `prunekit export --onnx --optimize [--quantize int8 | int8-static --task T]`
 ships (the fused graph kept only where it is faster, export_report.json says which); static int8
 calibrates on 256 training examples. All sessions of a shape are timed round-robin with the order
-rotating each round (bench/latency.py's method, intra-op spinning off), P50 reported.
+rotating each round (bench/latency.py's method, intra-op spinning off), P50 reported. With several
+--runtimes every variant is scored and timed in each; the reference is the dense fp32 model in the first.
 """
 import argparse
 import json
@@ -28,7 +30,8 @@ from prunekit.benchmark import environment, summarise, time_interleaved, warm_up
 from prunekit.cli import calibration_feeds  # noqa: E402
 from prunekit.cost import macs  # noqa: E402
 from prunekit.data import load_task  # noqa: E402
-from prunekit.export import OnnxClassifier, export_onnx  # noqa: E402
+from prunekit.export import export_onnx  # noqa: E402
+from prunekit.export.runtime import RUNTIMES, open_classifier, runtime_versions  # noqa: E402
 from prunekit.metrics import main_metric  # noqa: E402
 from prunekit.training import trained_labels  # noqa: E402
 
@@ -41,6 +44,7 @@ def main():
     p.add_argument("--model", action="append", required=True, help="LABEL=DIR (repeatable; the first is the dense one)")
     p.add_argument("--task", required=True)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=["ort"], help="ort and/or openvino")
     p.add_argument("--rounds", type=int, default=30, help="timed rounds per shape (b1 gets 4x as many)")
     p.add_argument("--cache", default=str(ROOT / "runs" / "stacked"))
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "stacked"))
@@ -65,44 +69,49 @@ def main():
             calib = (calibration_feeds(model, path, args.task, glue_dir, 256)
                      if kwargs.get("quantize") == "int8-static" else None)
             start = time.perf_counter()
-            report = export_onnx(model, out, optimize=True, overwrite=True, source=path, calibration=calib, **kwargs)
+            report = export_onnx(model, out, optimize=True, overwrite=True, source=path, calibration=calib,
+                                 check_with=tuple(r for r in args.runtimes if r != "ort"), **kwargs)
             export_s = time.perf_counter() - start
-            metric = score(task, logits_of(OnnxClassifier(out, threads=args.threads), task.dev), labels)
-            rows.append({"model": label, "dir": path, "variant": variant, "macs_kept": round(kept, 3),
-                         "graph_kept": report.get("fusion", {}).get("timing", {}).get("kept"), "export_s": round(export_s, 1),
-                         **metric})
-            sessions[label, variant] = out
-            print(rows[-1], file=sys.stderr, flush=True)
-    dense = (next(iter(models)), "fp32")
+            for rt in args.runtimes:
+                metric = score(task, logits_of(open_classifier(out, rt, threads=args.threads), task.dev), labels)
+                rows.append({"model": label, "dir": path, "variant": variant, "runtime": rt, "macs_kept": round(kept, 3),
+                             "graph_kept": report.get("fusion", {}).get("timing", {}).get("kept"),
+                             "export_s": round(export_s, 1), **metric})
+                sessions[label, variant, rt] = out
+                print(rows[-1], file=sys.stderr, flush=True)
+    dense = (next(iter(models)), "fp32", args.runtimes[0])
     vocab = dense_config.vocab_size
     for b, s in SHAPES:
         batch = synthetic_batch(vocab, b, s)
         runners = {}
         for key, out in sessions.items():
-            clf = OnnxClassifier(out, threads=args.threads, spinning=False)
+            clf = open_classifier(out, key[2], threads=args.threads, spinning=False)
             feeds = clf.feeds(batch)
-            runners[key] = lambda c=clf, f=feeds: c.session.run([c.output_name], f)
+            runners[key] = lambda c=clf, f=feeds: c.run(f)
         for run in runners.values():
             warm_up(run, 3, 0.5)
         times = time_interleaved(runners, args.rounds * (4 if b == 1 else 1))
         p50 = {k: summarise(t, b).p50_ms for k, t in times.items()}
         for r in rows:
-            key = (r["model"], r["variant"])
+            key = (r["model"], r["variant"], r["runtime"])
             r[f"p50_ms_b{b}_s{s}"] = round(p50[key], 2)
             r[f"speedup_b{b}_s{s}"] = round(p50[dense] / p50[key], 2)
     env = environment(args.threads)
+    env.update(runtime_versions(args.runtimes))
     Path(args.out).with_suffix(".json").write_text(json.dumps({"command": "python " + " ".join(sys.argv),
                                                                "environment": env, "rows": rows}, indent=1))
     metric_name = main_metric(args.task)
     base = rows[0][metric_name]
     lines = ["# Pruning stacked with int8 (ORT CPU)", "",
              f"`python {' '.join(sys.argv)}`; {env['cpu']}, {args.threads} threads, onnxruntime {env['onnxruntime']}; "
-             f"load average after: {env['load_average']}. Dev {metric_name} of the full dev set through ORT; P50 latency "
+             f"load average after: {env['load_average']}. Dev {metric_name} of the full dev set through the row's runtime "
+             "(ORT unless named); P50 latency "
              "over interleaved rounds; speed-up against the dense fp32 model in the same run.", "",
              f"| model | MACs kept | variant | dev {metric_name} | Δ vs dense fp32 | P50 b1/s128 | speed-up | "
              "P50 b32/s128 | speed-up |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['macs_kept']:.0%} | {r['variant']} | {100 * r[metric_name]:.2f} | "
+        variant = r["variant"] + ("" if r["runtime"] == "ort" else f", {r['runtime']}")
+        lines.append(f"| {r['model']} | {r['macs_kept']:.0%} | {variant} | {100 * r[metric_name]:.2f} | "
                      f"{100 * (r[metric_name] - base):+.2f} | {r['p50_ms_b1_s128']:.1f} ms | {r['speedup_b1_s128']:.2f}× | "
                      f"{r['p50_ms_b32_s128']:.1f} ms | {r['speedup_b32_s128']:.2f}× |")
     lines += ["", f"![accuracy vs speed-up]({Path(args.out).name}-pareto.png)"]
@@ -123,15 +132,17 @@ def plot(rows: list, metric: str, path: Path):
     marker = {v: mk for v, mk in zip(VARIANTS, "osD")}
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for r in rows:
+        ov = r.get("runtime") == "openvino"  # hollow: the same file in OpenVINO
         ax.scatter(r["speedup_b32_s128"], 100 * r[metric], color=colour[r["model"]], marker=marker[r["variant"]],
-                   s=50, edgecolor="black", linewidth=0.4, zorder=3)
+                   s=50, edgecolor=colour[r["model"]] if ov else "black", facecolor="none" if ov else None,
+                   linewidth=1.2 if ov else 0.4, zorder=3)
     front, best = [], -math.inf
     for r in sorted(rows, key=lambda r: (-r["speedup_b32_s128"], -r[metric])):  # fastest first: kept if more accurate than all faster
         if 100 * r[metric] > best:
             best = 100 * r[metric]
             front.append((r["speedup_b32_s128"], best))
     ax.plot(*zip(*sorted(front)), color="grey", linestyle="--", linewidth=1, zorder=2, label="Pareto front")
-    ax.set(xlabel="speed-up vs dense fp32, ORT CPU, batch 32 / seq 128", ylabel=f"dev {metric} (ORT)",
+    ax.set(xlabel="speed-up vs dense fp32, ORT CPU, batch 32 / seq 128", ylabel=f"dev {metric}",
            title="accuracy vs speed-up: pruning x int8")
     ax.grid(True, alpha=0.3)
     handles = [Line2D([], [], color=colour[m], marker="o", linestyle="", label=m) for m in models]
@@ -140,6 +151,8 @@ def plot(rows: list, metric: str, path: Path):
     ax.add_artist(first)
     handles = [Line2D([], [], color="grey", marker=mk, linestyle="", label=v) for v, mk in marker.items()]
     handles.append(Line2D([], [], color="grey", linestyle="--", label="Pareto front"))
+    if any(r.get("runtime") == "openvino" for r in rows):
+        handles.append(Line2D([], [], color="grey", marker="o", markerfacecolor="none", linestyle="", label="OpenVINO"))
     second = ax.legend(handles=handles, title="variant", fontsize=7, title_fontsize=8, loc="lower left",
                        bbox_to_anchor=(1.02, 0.0))
     fig.savefig(path, dpi=120, bbox_inches="tight", bbox_extra_artists=[first, second])
