@@ -1,8 +1,7 @@
 """What the benchmark scripts share beyond prunekit.benchmark: how they parse and end, the latency
 grid, and the figures.
 
-  parser, run_main       argparse whose errors are one line, range-checked numbers (THREADS, COUNT, ...),
-                         and an ending where bad input or a failed read/write is one line and exit 2
+  parser                 argparse whose errors are one line, range-checked numbers (THREADS, COUNT, ...)
   TimingPlan, run_grid   dense and compact models timed in the same run over runtimes x batch x seq
                          (bench/latency.py; cofi.py and posttrain.py time their models with it too)
   latency_figures,       the PNGs of latency.py and stacked.py: one colour per model, one marker per
@@ -12,7 +11,6 @@ The scripts run as `python bench/NAME.py` from the repository root; Python puts 
 folder, bench/, first on sys.path, which is how they import this module (`from common import ...`).
 """
 import math
-import os
 import re
 import shlex
 import sys
@@ -24,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from prunekit.benchmark import Row, rounds_for, save_figure, speedups, suffixed, summarise, time_interleaved, warm_up
-from prunekit.cli import OneLineParser, describe, number  # the CLI's one-line errors and range checks
+from prunekit.cli import OneLineParser, number  # the CLI's one-line usage errors and range checks
 from prunekit.cost import macs
 from prunekit.errors import PrunekitError
 from prunekit.export import OnnxClassifier, export_onnx
@@ -41,24 +39,6 @@ POSITIVE = number(float, 0, low_open=True)
 def parser(prog: str, doc: str) -> OneLineParser:
     """The parser of a bench script: its usage errors are one line ("bench/x.py: error: ...") and exit 2."""
     return OneLineParser(prog=prog, description=doc.strip().splitlines()[0])
-
-
-def run_main(prog: str, body, argv=None) -> int:
-    """body(argv) -> exit code, with every way of failing on bad input ending in one line on stderr:
-    usage errors (argparse), PrunekitError, and a file that cannot be read or written (OSError);
-    PRUNEKIT_DEBUG=1 shows the traceback instead."""
-    try:
-        return body(argv) or 0
-    except SystemExit as e:  # argparse: usage errors exit 2, --help exits 0
-        return e.code if isinstance(e.code, int) else 2
-    except (PrunekitError, OSError) as e:
-        if os.environ.get("PRUNEKIT_DEBUG"):
-            raise
-        print(f"{prog}: error: {e if isinstance(e, PrunekitError) else describe(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
 
 
 def command_line(script: str, argv) -> str:

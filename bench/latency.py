@@ -23,9 +23,9 @@ import torch
 from transformers.utils import logging as hf_logging
 
 import prunekit
-from common import (CPU_RUNTIMES, CUDA_RUNTIMES, COUNT, RUNTIMES, SECONDS, THREADS, TimingPlan, command_line,
-                    latency_figures, number, parser, run_grid, run_main)
-from prunekit.benchmark import Row, check_out, environment, markdown_table, render_results, write_results
+from common import (COUNT, CPU_RUNTIMES, CUDA_RUNTIMES, RUNTIMES, SECONDS, THREADS, TimingPlan, command_line,
+                    latency_figures, number, parser, run_grid)
+from prunekit.benchmark import Row, check_out, environment, markdown_table, render_results, run_script, write_results
 from prunekit.errors import PrunekitError
 
 PROG = "bench/latency.py"
@@ -116,7 +116,7 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    return run_main(PROG, body, argv)
+    return run_script(PROG, body, argv)
 
 
 def body(argv) -> int:

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import prunekit
-from common import COUNT, THREADS, command_line, make_runner, pareto_figure, parser, run_main, synthetic_batch
-from prunekit.benchmark import (check_out, environment, glue_dir_option, render_results, require_glue_dir,
+from common import COUNT, THREADS, command_line, make_runner, pareto_figure, parser, synthetic_batch
+from prunekit.benchmark import (check_out, environment, glue_dir_option, render_results, require_glue_dir, run_script,
                                 summarise, table, time_interleaved, warm_up, write_results)
 from prunekit.cli import calibration_feeds  # library code that lives in the CLI for now
 from prunekit.cost import macs
@@ -48,7 +48,7 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    return run_main(PROG, body, argv)
+    return run_script(PROG, body, argv)
 
 
 def body(argv) -> int:

@@ -3,7 +3,7 @@
 Measuring (bench/latency.py's method; tests check each piece on synthetic timings):
   warm_up            call until both a count and a time have passed (allocations, kernel choice, clocks)
   time_interleaved   one call of each runner per round, the order rotating every round, so that drift
-                     of the machine falls on every runner alike
+                     of the machine falls on every runner alike (timed_calls: a runner fed its inputs)
   rounds_for         how many rounds fit a time budget
   summarise          P50 / P90 / P99, mean and throughput of a list of latencies
   speedups           P50 of the dense model / P50 of each model, within one run
@@ -14,9 +14,11 @@ Recording:
   write_results      OUT.md and OUT.json, each written whole or not at all (prunekit.io)
   save_figure        a matplotlib figure as PNG, the same way
   render_results     a table again from an earlier run's OUT.json, or one line saying why it cannot
+  rewrite_table      OUT.md again from OUT.json (the --replot of the scripts)
 Running:
   prunekit_command   the CLI as every script launches it: this interpreter's `-m prunekit.cli`
   run_logged         a command with its output appended to a log; wall time and load around it
+  run_script         a script's main: bad input, a failed read or write, is one line and exit 2
   require_glue_dir   the GLUE files a benchmark reads (never the hub: a figure needs known data)
 """
 import json
@@ -87,6 +89,17 @@ def time_interleaved(runners: dict, rounds: int, clock=time.perf_counter, progre
         if progress is not None:
             progress.update(1)
     return times
+
+
+def timed_calls(fn, inputs):
+    """A runner for time_interleaved: each call runs fn on the next of `inputs` (itertools.repeat(x)
+    for a fixed one) and returns None, so that a float fn returns (a loss) is not taken for seconds
+    it timed itself."""
+    it = iter(inputs)
+
+    def run():
+        fn(next(it))
+    return run
 
 
 def rounds_for(per_round_seconds: float, budget_seconds: float, min_rounds: int, max_rounds: int) -> int:
@@ -229,6 +242,13 @@ def render_results(path, render, needs=("rows",)):
         raise PrunekitError(f"{path} does not hold what this script writes ({type(e).__name__}: {e})") from None
 
 
+def rewrite_table(json_path, markdown, needs=("rows",)) -> list[str]:
+    """OUT.md written again beside OUT.json by markdown(doc), without measuring anything: how a table
+    made by a long run is regenerated. Returns the paths written."""
+    out = Path(json_path).with_suffix("")
+    return render_results(json_path, lambda doc: write_results(out, markdown(doc)), needs)
+
+
 # ---------------------------------------------------------------------------------------------
 # Running
 
@@ -253,6 +273,25 @@ def run_logged(cmd: list[str], log, nice: int = 0, env: dict | None = None) -> d
     if rc != 0:
         raise PrunekitError(f"`{shlex.join(cmd)}` failed with exit code {rc}; see {log}")
     return {"wall_seconds": round(time.time() - start, 1), "load_before": load, "load_after": load_average()}
+
+
+def run_script(prog: str, body, argv=None) -> int:
+    """body(argv) -> exit code, with every way of failing on bad input ending in one line on stderr and
+    exit code 2: usage errors (argparse), PrunekitError, and a file that cannot be read or written
+    (OSError); PRUNEKIT_DEBUG=1 shows the traceback instead. An interruption exits 130."""
+    try:
+        return body(argv) or 0
+    except SystemExit as e:  # argparse: usage errors exit 2, --help exits 0
+        return e.code if isinstance(e.code, int) else 2
+    except (PrunekitError, OSError) as e:
+        if os.environ.get("PRUNEKIT_DEBUG"):
+            raise
+        where = f": {e.filename}" if isinstance(e, OSError) and e.filename else ""
+        print(f"{prog}: error: {e.strerror + where if isinstance(e, OSError) and e.strerror else e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 def glue_dir_option(parser):
