@@ -130,6 +130,8 @@ def body(argv) -> int:
     if args.min_rounds > args.max_rounds:
         raise PrunekitError(f"--min-rounds {args.min_rounds} is more than --max-rounds {args.max_rounds}")
     batches, seqs, runtimes = grid(args)
+    if missing := [d for d in args.pruned or [] if not Path(d).is_dir()]:
+        raise PrunekitError(f"model directory not found: {missing[0]}")
     check_out(args.out)
     return measure(args, batches, seqs, runtimes, command_line(PROG, argv))
 

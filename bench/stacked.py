@@ -62,8 +62,8 @@ def body(argv) -> int:
     if not args.model or not args.task:
         p.error("give --task and at least one --model LABEL=DIR (or --replot JSON)")
     models = labelled_models(p, args.model)
-    glue_dir = require_glue_dir(args.glue_dir, [args.task])
     check_out(args.out)
+    glue_dir = require_glue_dir(args.glue_dir, [args.task])
     dense_config = prunekit.load_model(next(iter(models.values()))).config
     rows, sessions = score_variants(models, dense_config, args.task, glue_dir, Path(args.cache), args.threads)
     time_variants(rows, sessions, dense_config.vocab_size, args.threads, args.rounds)

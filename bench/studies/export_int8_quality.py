@@ -85,6 +85,10 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    return run_script(PROG, body, argv)
+
+
+def body(argv) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", default=[], help="fine-tuned model directory (repeatable)")
     p.add_argument("--task", action="append", default=[], help="its task (one per --model)")
@@ -109,4 +113,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(PROG, main))
+    sys.exit(main())

@@ -71,6 +71,10 @@ def runner(clf, batch):
 
 
 def main(argv=None) -> int:
+    return run_script(PROG, body, argv)
+
+
+def body(argv) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--seqs", type=int, nargs="+", default=[32, 128])
@@ -164,4 +168,4 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(PROG, main))
+    sys.exit(main())

@@ -148,6 +148,10 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv=None) -> int:
+    return run_script(PROG, body, argv)
+
+
+def body(argv) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", nargs="+", default=["sst2", "mrpc"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
@@ -180,4 +184,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(PROG, main))
+    sys.exit(main())

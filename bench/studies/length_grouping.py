@@ -59,6 +59,10 @@ def measure(task, group_by_length: bool, steps: int, batch_size: int) -> dict:
 
 
 def main(argv=None) -> int:
+    return run_script(PROG, body, argv)
+
+
+def body(argv) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=40, help="timed steps per batching (default 40)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -80,4 +84,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(PROG, main))
+    sys.exit(main())

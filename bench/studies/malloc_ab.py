@@ -51,6 +51,10 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv=None) -> int:
+    return run_script(PROG, body, argv)
+
+
+def body(argv) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="*", metavar="JSON", help="bench/train_speed.py results (OUT.json), both allocators")
     p.add_argument("--out", default="bench/results/train_speed_malloc")
@@ -69,4 +73,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(PROG, main))
+    sys.exit(main())

@@ -57,6 +57,10 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv=None) -> int:
+    return run_script(PROG, body, argv)
+
+
+def body(argv) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--teacher", nargs="+", metavar="TASK=DIR")
     p.add_argument("--repeats", type=int, default=2)
@@ -87,4 +91,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(PROG, main))
+    sys.exit(main())
