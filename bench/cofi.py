@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 import prunekit
-from common import COUNT, THREADS, TimingPlan, command_line, parser, run_grid
+from common import COUNT, THREADS, TimingPlan, command_line, parser, replot, run_grid
 from prunekit.benchmark import (check_out, environment, glue_dir_option, prunekit_command, render_results,
-                                require_glue_dir, rewrite_table, run_logged, run_script, table, time_interleaved,
+                                require_glue_dir, run_logged, script, table, time_interleaved,
                                 timed_calls, write_results)
 from prunekit.cofi import CoFiConfig, ExpectedCost, Gates, Target
 from prunekit.cofi.distill import LayerDistiller, teacher_layers
@@ -80,7 +80,8 @@ def runs(tasks, sparsities, glue_dir, threads):
                 run_logged(prunekit_command(
                     "compress", "--method", "post-training", "--teacher", RUNS / f"teacher-{task}", "--task", task,
                     "--macs", f"{read_report(out)['macs_kept']:.4f}", "--output", pt, "--glue-dir", glue_dir,
-                    "--threads", threads, "--max-length", "128", "--overwrite"), RUNS / f"pt-{task}-cofi{s:g}.log", nice=5)
+                    "--threads", threads, "--max-length", "128", "--overwrite"), RUNS / f"pt-{task}-cofi{s:g}.log",
+                    nice=5)
 
 
 def read_report(run: Path) -> dict:
@@ -175,13 +176,17 @@ def markdown(doc: dict) -> str:
                         [[r["model"], f"{r['p50_ms']:.1f}", f"{r['speedup']:.2f}×", f"{r['macs_ratio']:.2f}×"]
                          for r in state["speed"]], "lrrr")]
     lines += ["", "Per-layer structure (heads / FFN units per layer, hidden size):", ""]
-    lines += [f"- {key} {name}: heads " + " ".join(str(x["heads"]) for x in r["structure"]) + "; FFN " +
-              " ".join(str(x["ffn"]) for x in r["structure"]) + (f"; hidden {r['hidden_size']}" if "hidden_size" in r else "")
-              for key, v in results.items() for name, r in (("CoFi", v["cofi"]), ("post-training", v["post_training"]))
-              if r]
+    lines += [f"- {key} {name}: {structure(r)}" for key, v in results.items()
+              for name, r in (("CoFi", v["cofi"]), ("post-training", v["post_training"])) if r]
     lines += ["", "Commands: each run's `report.json` holds its command (`command` for CoFi); the runs were made by "
               "`python bench/cofi.py --runs` with `GLUE_DIR` set."]
     return "\n".join(lines) + "\n"
+
+
+def structure(r: dict) -> str:
+    """Heads and FFN units per layer, and the hidden size where CoFi pruned it."""
+    return ("heads " + " ".join(str(x["heads"]) for x in r["structure"]) + "; FFN "
+            + " ".join(str(x["ffn"]) for x in r["structure"]) + (f"; hidden {r['hidden_size']}" if "hidden_size" in r else ""))
 
 
 def results_table(results: dict, speed_of: dict) -> str:
@@ -197,8 +202,8 @@ def results_table(results: dict, speed_of: dict) -> str:
         sp_c = speed_of.get(cofi_dir(task, s).name, {}).get("speedup")
         sp_p = speed_of.get(pt_dir(task, s).name, {}).get("speedup")
         sec = r["seconds"]
-        rows.append([f"{task} ({m})", f"{s:g}", f"{r['sparsity']:.3f}", f"{r['macs_kept']:.3f}", f"{r['params_kept']:.3f}",
-                     f"{d['teacher']:.2f}", f"{d['pruned']:.2f}", f"{final:.2f}", f"{d['teacher'] - final:+.2f}",
+        rows.append([f"{task} ({m})", f"{s:g}", f"{r['sparsity']:.3f}", f"{r['macs_kept']:.3f}",
+                     f"{r['params_kept']:.3f}", f"{d['teacher']:.2f}", f"{d['pruned']:.2f}", f"{final:.2f}", f"{d['teacher'] - final:+.2f}",
                      f"≤ {TARGET_DROP[task, s]:.1f}", fmt(pt_metric, ".2f"),
                      fmt(None if pt is None else d["teacher"] - pt_metric, "+.2f"),
                      f"{fmt(sp_c, '.2f')}{'×' if sp_c is not None else ''} (≥ {TARGET_SPEEDUP[s]:.1f}×)",
@@ -211,7 +216,7 @@ def results_table(results: dict, speed_of: dict) -> str:
 
 
 def build_parser():
-    p = parser(PROG, __doc__)
+    p = parser(PROG, __doc__, out="bench/results/cofi")
     glue_dir_option(p)
     p.add_argument("--runs", action="store_true", help="make the missing CoFi and post-training runs")
     p.add_argument("--step-cost", action="store_true", help="time a CoFi step against a fine-tuning step")
@@ -220,21 +225,14 @@ def build_parser():
     p.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES), choices=SPARSITIES)
     p.add_argument("--threads", type=THREADS, default=2)
     p.add_argument("--steps", type=COUNT, default=40, help="timed steps of each kind for --step-cost")
-    p.add_argument("--out", default="bench/results/cofi", help="output prefix: OUT.md, OUT.json")
-    p.add_argument("--replot", metavar="JSON", help="only write the table of an earlier OUT.json again (beside it)")
     return p
 
 
-def main(argv=None) -> int:
-    return run_script(PROG, body, argv)
-
-
-def body(argv) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+@script(PROG)
+def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.replot:
-        print("\n".join(rewrite_table(args.replot, markdown, needs=("command", "environment", "state", "results"))))
-        return 0
+        return replot(args.replot, markdown, needs=("command", "environment", "state", "results"))
     check_out(args.out)
     saved = Path(args.out).with_name(Path(args.out).name + ".json")
     state = render_results(saved, lambda doc: doc["state"], needs=("state",)) if saved.is_file() else {}

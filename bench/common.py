@@ -1,7 +1,8 @@
 """What the benchmark scripts share beyond prunekit.benchmark: how they parse and end, the latency
 grid, and the figures.
 
-  parser                 argparse whose errors are one line, range-checked numbers (THREADS, COUNT, ...)
+  parser, replot         argparse with --out and --replot, one-line errors and range-checked numbers
+                         (THREADS, COUNT, ...); the --replot of a script that writes a table alone
   TimingPlan, run_grid   dense and compact models timed in the same run over runtimes x batch x seq
                          (bench/latency.py; cofi.py and posttrain.py time their models with it too)
   latency_figures,       the PNGs of latency.py and stacked.py: one colour per model, one marker per
@@ -21,10 +22,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from prunekit.benchmark import Row, rounds_for, save_figure, speedups, suffixed, summarise, time_interleaved, warm_up
+from prunekit.benchmark import (Row, rewrite_table, rounds_for, save_figure, speedups, suffixed, summarise,
+                                time_interleaved, warm_up)
 from prunekit.cli import OneLineParser, number  # the CLI's one-line usage errors and range checks
 from prunekit.cost import macs
-from prunekit.errors import PrunekitError
 from prunekit.export import OnnxClassifier, export_onnx
 
 # ---------------------------------------------------------------------------------------------
@@ -36,9 +37,20 @@ SECONDS = number(float, 0)                  # finite and >= 0
 POSITIVE = number(float, 0, low_open=True)
 
 
-def parser(prog: str, doc: str) -> OneLineParser:
-    """The parser of a bench script: its usage errors are one line ("bench/x.py: error: ...") and exit 2."""
-    return OneLineParser(prog=prog, description=doc.strip().splitlines()[0])
+def parser(prog: str, doc: str, out: str, files: str = "OUT.md, OUT.json") -> OneLineParser:
+    """The parser of a bench script, with the options every one has: --out (the prefix of what it
+    writes, default `out`) and --replot. Its usage errors are one line ("bench/x.py: error: ...")."""
+    p = OneLineParser(prog=prog, description=doc.strip().splitlines()[0])
+    p.add_argument("--out", default=out, help=f"output prefix: {files} (default {out})")
+    p.add_argument("--replot", metavar="JSON", help="only write the table again (and figures, where the script "
+                   "draws them) from an earlier run's OUT.json, beside it: nothing is measured")
+    return p
+
+
+def replot(path, markdown, needs) -> int:
+    """--replot of a script whose output is OUT.md alone: it again from OUT.json; prints what it wrote."""
+    print("\n".join(rewrite_table(path, markdown, needs)))
+    return 0
 
 
 def command_line(script: str, argv) -> str:

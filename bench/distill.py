@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from common import THREADS, number, parser
+from common import THREADS, number, parser, replot
 from prunekit.benchmark import (check_out, environment, glue_dir_option, render_results, require_glue_dir,
-                                rewrite_table, run_script, suffixed, table, write_results)
+                                script, suffixed, table, write_results)
 from prunekit.machine import load_average
 from prunekit.metrics import main_metric
 from prunekit.posttrain.pipeline import (Constraint, PostTrainConfig, compress, default_max_length,
@@ -95,28 +95,23 @@ def run_task(name: str, args, glue_dir: str, done: set, record):
 
 
 def build_parser():
-    p = parser(PROG, __doc__)
+    p = parser(PROG, __doc__, out="bench/results/distill", files="OUT.md, OUT.json (rows kept: a rerun skips them)")
+    glue_dir_option(p)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    p.add_argument("--macs", nargs="+", type=number(float, 0, 1, low_open=True, high_open=True), default=[0.5, 0.3, 0.2])
+    p.add_argument("--macs", nargs="+", type=number(float, 0, 1, low_open=True, high_open=True),
+                   default=[0.5, 0.3, 0.2])
     p.add_argument("--steps", nargs="+", type=number(int, 1, 10**7), default=[200, 500, 2000])
     p.add_argument("--threads", type=THREADS, default=2)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     p.add_argument("--save", action="store_true", help="keep the N = 0 and largest-N models at 50%% MACs in runs/")
-    p.add_argument("--out", default="bench/results/distill", help="output prefix: OUT.md, OUT.json (rows kept)")
-    p.add_argument("--replot", metavar="JSON", help="only write the table of an earlier OUT.json again (beside it)")
-    glue_dir_option(p)
     return p
 
 
-def main(argv=None) -> int:
-    return run_script(PROG, body, argv)
-
-
-def body(argv) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+@script(PROG)
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     if args.replot:
-        print("\n".join(rewrite_table(args.replot, markdown, needs=("environment", "rows"))))
-        return 0
+        return replot(args.replot, markdown, needs=("environment", "rows"))
     glue_dir = require_glue_dir(args.glue_dir, args.tasks)
     check_out(args.out)
     torch.set_num_threads(args.threads)

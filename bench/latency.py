@@ -25,7 +25,7 @@ from transformers.utils import logging as hf_logging
 import prunekit
 from common import (COUNT, CPU_RUNTIMES, CUDA_RUNTIMES, RUNTIMES, SECONDS, THREADS, TimingPlan, command_line,
                     latency_figures, number, parser, run_grid)
-from prunekit.benchmark import Row, check_out, environment, markdown_table, render_results, run_script, write_results
+from prunekit.benchmark import Row, check_out, environment, markdown_table, render_results, script, write_results
 from prunekit.errors import PrunekitError
 
 PROG = "bench/latency.py"
@@ -90,7 +90,7 @@ def model_metric(path: Path | None) -> dict | None:
 
 def build_parser():
     plan = TimingPlan()
-    p = parser(PROG, __doc__)
+    p = parser(PROG, __doc__, out="bench/results/latency", files="OUT.md, OUT.json, OUT-*.png")
     p.add_argument("--dense", default="minilm", help="dense teacher: 'minilm' (default) or a model directory")
     p.add_argument("--pruned", nargs="*", help="compact model directories (default: runs/*/ compress outputs)")
     p.add_argument("--runs", default="runs", help="where to look for compact models when --pruned is not given")
@@ -109,21 +109,14 @@ def build_parser():
     p.add_argument("--warmup-calls", type=number(int, 0, 10**6), default=plan.warmup_calls)
     p.add_argument("--warmup-seconds", type=SECONDS, default=plan.warmup_seconds)
     p.add_argument("--cache", default="runs/bench-cache", help="where ONNX exports are cached")
-    p.add_argument("--out", default="bench/results/latency", help="output prefix: OUT.md, OUT.json, OUT-*.png")
-    p.add_argument("--replot", metavar="JSON", help="only write the table and figures of an earlier run's OUT.json "
-                   "again (beside it; no timing)")
     return p
 
 
-def main(argv=None) -> int:
-    return run_script(PROG, body, argv)
-
-
-def body(argv) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+@script(PROG)
+def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.replot:
-        written = render_results(args.replot, lambda doc: replot(doc, Path(args.replot)),
+        written = render_results(args.replot, lambda doc: redraw(doc, Path(args.replot)),
                                  needs=("command", "environment", "notes", "models", "rows"))
         print("\n".join(written))
         return 0
@@ -209,7 +202,7 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + doc.get("analysis", "")  # a reading of the run written afterwards, if any
 
 
-def replot(doc: dict, json_path: Path) -> list[str]:
+def redraw(doc: dict, json_path: Path) -> list[str]:
     """OUT.md and the figures again from a results JSON (no timing); the JSON stays as it is."""
     out = json_path.with_suffix("")
     rows = [Row.from_dict(r) for r in doc["rows"]]

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 import prunekit
-from common import COUNT, THREADS, TimingPlan, command_line, number, parser, run_grid
-from prunekit.benchmark import (check_out, environment, glue_dir_option, require_glue_dir, rewrite_table, run_script,
+from common import THREADS, TimingPlan, command_line, number, parser, replot, run_grid
+from prunekit.benchmark import (check_out, environment, glue_dir_option, require_glue_dir, script,
                                 table, write_results)
 from prunekit.io import write_json
 from prunekit.machine import load_average
@@ -192,7 +192,8 @@ def seed_summary(results):
 
 
 def build_parser():
-    p = parser(PROG, __doc__)
+    p = parser(PROG, __doc__, out="bench/results/posttrain")
+    glue_dir_option(p)
     p.add_argument("--tasks", nargs="+", default=["sst2", "mrpc", "rte"], choices=sorted(TARGET_DROP))
     p.add_argument("--macs", nargs="+", type=FRACTION, default=[0.4, 0.5, 0.6])
     p.add_argument("--latency", nargs="+", type=FRACTION, default=[0.5])
@@ -200,29 +201,20 @@ def build_parser():
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--ablations", action="store_true", help="also run the ABLATIONS variants at 50%% MACs")
     p.add_argument("--ablation-tasks", nargs="+", default=["sst2", "mrpc", "rte"], choices=sorted(TARGET_DROP))
-    glue_dir_option(p)
     p.add_argument("--threads", type=THREADS, default=2, help="torch intra-op threads (default 2). On a machine "
                    "shared with other jobs, 1 avoids OpenMP threads waiting on each other")
     p.add_argument("--speed-threads", type=THREADS, default=2, help="ORT threads for the speed-up (default 2)")
     p.add_argument("--timing", type=number(int, 0, 1000), default=0, metavar="N", help="also time the pruning alone "
                    "N times per task at 50%% MACs with --timing-threads threads")
     p.add_argument("--timing-threads", type=THREADS, default=2)
-    p.add_argument("--out", default="bench/results/posttrain", help="output prefix: OUT.md, OUT.json")
-    p.add_argument("--replot", metavar="JSON", help="only write the tables of an earlier OUT.json again (beside it)")
     return p
 
 
-def main(argv=None) -> int:
-    return run_script(PROG, body, argv)
-
-
-def body(argv) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+@script(PROG)
+def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.replot:
-        needs = ("command", "environment", "results", "latency", "timing")
-        print("\n".join(rewrite_table(args.replot, markdown, needs)))
-        return 0
+        return replot(args.replot, markdown, needs=("command", "environment", "results", "latency", "timing"))
     glue_dir = require_glue_dir(args.glue_dir, args.tasks + (args.ablation_tasks if args.ablations else []))
     check_out(args.out)
     torch.set_num_threads(args.threads)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import prunekit
 from common import COUNT, THREADS, command_line, make_runner, pareto_figure, parser, synthetic_batch
-from prunekit.benchmark import (check_out, environment, glue_dir_option, render_results, require_glue_dir, run_script,
+from prunekit.benchmark import (check_out, environment, glue_dir_option, render_results, require_glue_dir, script,
                                 summarise, table, time_interleaved, warm_up, write_results)
 from prunekit.cli import calibration_feeds  # library code that lives in the CLI for now
 from prunekit.cost import macs
@@ -34,29 +34,22 @@ CALIBRATION = 256  # static int8's calibration examples: what `prunekit export` 
 
 
 def build_parser():
-    p = parser(PROG, __doc__)
+    p = parser(PROG, __doc__, out="bench/results/stacked", files="OUT.md, OUT.json, OUT-pareto.png")
+    glue_dir_option(p)
     p.add_argument("--model", action="append", help="LABEL=DIR (repeatable; the first is the dense one)")
     p.add_argument("--task", help="the task the models were fine-tuned on (dev set scored through ORT)")
     p.add_argument("--threads", type=THREADS, default=2)
     p.add_argument("--rounds", type=COUNT, default=30, help="timed rounds per shape (b1 gets 4x as many)")
     p.add_argument("--cache", default="runs/stacked", help="where the exports are written")
-    p.add_argument("--out", default="bench/results/stacked", help="output prefix: OUT.md, OUT.json, OUT-pareto.png")
-    p.add_argument("--replot", metavar="JSON", help="only write the table and figure of an earlier run's OUT.json "
-                   "again (beside it)")
-    glue_dir_option(p)
     return p
 
 
-def main(argv=None) -> int:
-    return run_script(PROG, body, argv)
-
-
-def body(argv) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+@script(PROG)
+def main(argv: list[str]) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     if args.replot:
-        print("\n".join(render_results(args.replot, lambda doc: replot(doc, Path(args.replot)),
+        print("\n".join(render_results(args.replot, lambda doc: redraw(doc, Path(args.replot)),
                                        needs=("command", "environment", "task", "rows"))))
         return 0
     if not args.model or not args.task:
@@ -155,7 +148,7 @@ def figure(doc: dict, out: Path) -> str:
                          f"dev {metric} (ORT)", "accuracy vs speed-up: pruning x int8", Path(f"{out}-pareto.png"))
 
 
-def replot(doc: dict, json_path: Path) -> list[str]:
+def redraw(doc: dict, json_path: Path) -> list[str]:
     out = json_path.with_suffix("")
     return write_results(out, markdown(doc, out.name)) + [figure(doc, out)]
 

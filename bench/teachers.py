@@ -18,15 +18,15 @@ import platform
 import sys
 from pathlib import Path
 
-from common import THREADS, parser
+from common import THREADS, parser, replot
 from prunekit.benchmark import (check_out, glue_dir_option, prunekit_command, render_results, require_glue_dir,
-                                rewrite_table, run_logged, run_script, suffixed, table, write_results)
+                                run_logged, script, suffixed, table, write_results)
 from prunekit.errors import PrunekitError
 from prunekit.io import write_json
 
 PROG = "bench/teachers.py"
 RUNS = Path("runs")
-EPOCHS = {"mrpc": 3, "rte": 5, "sst2": 1}  # small tasks get more passes; SST-2's one epoch is 2105 steps
+EPOCHS = {"mrpc": 3, "rte": 5, "sst2": 1}  # the small tasks get more passes over their data
 SPEED_STUDY = "bench/studies/length_grouping.py"  # what made bench/results/train_speed.json
 SETTINGS = ("epochs", "lr", "batch_size", "weight_decay", "warmup_ratio", "seed", "eval_every", "group_by_length")
 
@@ -101,28 +101,21 @@ def speed_table(speed: list[dict]) -> str:
 
 
 def build_parser():
-    p = parser(PROG, __doc__)
+    p = parser(PROG, __doc__, out="bench/results/teachers")
+    glue_dir_option(p)
     p.add_argument("--train", action="store_true", help="fine-tune the teachers of --tasks (replacing them) first")
     p.add_argument("--tasks", nargs="+", default=list(EPOCHS), choices=list(EPOCHS))
     p.add_argument("--threads", type=THREADS, default=1, help="torch threads of each fine-tuning (default 1)")
     p.add_argument("--speed", default="bench/results/train_speed.json",
                    help="the training-speed measurements added to the table")
-    p.add_argument("--out", default="bench/results/teachers", help="output prefix: OUT.md, OUT.json")
-    p.add_argument("--replot", metavar="JSON", help="only write the table of an earlier OUT.json again (beside it)")
-    glue_dir_option(p)
     return p
 
 
-def main(argv=None) -> int:
-    return run_script(PROG, body, argv)
-
-
-def body(argv) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+@script(PROG)
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     if args.replot:
-        needs = ("teachers", "train_speed")
-        print("\n".join(rewrite_table(args.replot, markdown, needs)))
-        return 0
+        return replot(args.replot, markdown, needs=("teachers", "train_speed"))
     check_out(args.out)
     if args.train:
         glue_dir = str(Path(require_glue_dir(args.glue_dir, args.tasks)).resolve())

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 import prunekit
-from common import COUNT, command_line, parser
-from prunekit.benchmark import (check_out, environment, rewrite_table, run_script, table, time_interleaved, timed_calls,
+from common import COUNT, command_line, parser, replot
+from prunekit.benchmark import (check_out, environment, script, table, time_interleaved, timed_calls,
                                 write_results)
 from prunekit.cofi import CoFiConfig, ExpectedCost, Gates, Target
 from prunekit.cofi.distill import LayerDistiller, teacher_layers
@@ -93,37 +93,31 @@ def markdown(doc: dict) -> str:
 
 
 def build_parser():
-    p = parser(PROG, __doc__)
+    p = parser(PROG, __doc__, out="bench/results/train_speed_paths")
     p.add_argument("--rounds", type=COUNT, default=8, help="interleaved rounds (default 8)")
     p.add_argument("--seq", type=COUNT, nargs="+", default=[64, 128], help="sequence lengths (default 64 128)")
     p.add_argument("--path", action="append", choices=[f"{k}:{p}" for k, p in PATHS],
                    help="time only these paths (repeatable; eager fp32, torch:fp32, is always timed)")
     p.add_argument("--batch-size", type=COUNT, default=32)
-    p.add_argument("--out", default="bench/results/train_speed_paths", help="output prefix: OUT.md, OUT.json")
-    p.add_argument("--replot", metavar="JSON", help="only write the table of an earlier OUT.json again (beside it)")
     return p
 
 
-def main(argv=None) -> int:
-    return run_script(PROG, body, argv)
-
-
-def body(argv) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+@script(PROG)
+def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.replot:
-        needs = ("command", "machine", "load_before", "load_after", "rounds", "batch_size", "rows")
-        print("\n".join(rewrite_table(args.replot, markdown, needs)))
-        return 0
+        return replot(args.replot, markdown, needs=("command", "machine", "load_before", "load_after", "rounds",
+                                                    "batch_size", "rows"))
     check_out(args.out)
-    paths = PATHS if not args.path else [("torch", "fp32")] + [tuple(x.split(":")) for x in args.path if x != "torch:fp32"]
+    paths = PATHS if not args.path else [("torch", "fp32")] + [tuple(x.split(":")) for x in args.path
+                                                             if x != "torch:fp32"]
     load = load_average()
     rows = measure(args.rounds, args.batch_size, args.seq, paths)
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} "
                f"threads, native bf16: {native_bf16('cpu')}")
     malloc = "PRUNEKIT_MALLOC=default " if os.environ.get("PRUNEKIT_MALLOC") == "default" else ""
-    doc = {"command": malloc + command_line(PROG, argv), "machine": machine, "environment": environment(torch.get_num_threads()),
-           "load_before": load, "load_after": load_average(), "rounds": args.rounds, "batch_size": args.batch_size,
+    doc = {"command": malloc + command_line(PROG, argv), "machine": machine,
+           "environment": environment(torch.get_num_threads()), "load_before": load, "load_after": load_average(), "rounds": args.rounds, "batch_size": args.batch_size,
            "malloc": KEEP if keep_freed_memory() else DEFAULT, "rows": rows}  # the Trainers called it: as they ran
     write_results(args.out, markdown(doc), doc)
     print(markdown(doc))

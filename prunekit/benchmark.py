@@ -18,9 +18,10 @@ Recording:
 Running:
   prunekit_command   the CLI as every script launches it: this interpreter's `-m prunekit.cli`
   run_logged         a command with its output appended to a log; wall time and load around it
-  run_script         a script's main: bad input, a failed read or write, is one line and exit 2
+  run_script, script a script's main: bad input, a failed read or write, is one line and exit 2
   require_glue_dir   the GLUE files a benchmark reads (never the hub: a figure needs known data)
 """
+import functools
 import json
 import os
 import platform
@@ -276,11 +277,12 @@ def run_logged(cmd: list[str], log, nice: int = 0, env: dict | None = None) -> d
 
 
 def run_script(prog: str, body, argv=None) -> int:
-    """body(argv) -> exit code, with every way of failing on bad input ending in one line on stderr and
-    exit code 2: usage errors (argparse), PrunekitError, and a file that cannot be read or written
-    (OSError); PRUNEKIT_DEBUG=1 shows the traceback instead. An interruption exits 130."""
+    """body(argv) -> exit code (argv: the command line's arguments, sys.argv[1:] when None), with every
+    way of failing on bad input ending in one line on stderr and exit code 2: usage errors (argparse),
+    PrunekitError, and a file that cannot be read or written (OSError); PRUNEKIT_DEBUG=1 shows the
+    traceback instead. An interruption exits 130."""
     try:
-        return body(argv) or 0
+        return body(sys.argv[1:] if argv is None else list(argv)) or 0
     except SystemExit as e:  # argparse: usage errors exit 2, --help exits 0
         return e.code if isinstance(e.code, int) else 2
     except (PrunekitError, OSError) as e:
@@ -292,6 +294,16 @@ def run_script(prog: str, body, argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def script(prog: str):
+    """Decorator: body(argv) becomes the script's main(argv=None) -> exit code, through run_script."""
+    def wrap(body):
+        @functools.wraps(body)
+        def main(argv=None) -> int:
+            return run_script(prog, body, argv)
+        return main
+    return wrap
 
 
 def glue_dir_option(parser):

@@ -86,9 +86,10 @@ def body(argv) -> int:
     times = time_interleaved(runners, args.rounds)
     eager = statistics.median(times["eager", "fp32"])
     rows = [{"mode": mode, "precision": precision, "first_step_s": round(first[mode, precision], 2),
-             "median_s": round(statistics.median(t), 4), "speedup_vs_eager_fp32": round(eager / statistics.median(t), 3)}
+             "median_s": round(statistics.median(t), 4),
+             "speedup_vs_eager_fp32": round(eager / statistics.median(t), 3)}
             for (mode, precision), t in times.items()]
-    doc = {"command": shlex.join(["python", PROG, *(sys.argv[1:] if argv is None else argv)]), "torch": torch.__version__,
+    doc = {"command": shlex.join(["python", PROG, *argv]), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "seq": args.seq, "batch_size": args.batch_size, "rounds": args.rounds,
            "load_after": load_average(), "rows": rows}
     write_results(args.out, markdown(doc), doc)

@@ -105,7 +105,7 @@ def body(argv) -> int:
     glue_dir = require_glue_dir(args.glue_dir, args.task)
     start = time.time()
     results = [evaluate_model(m, t, glue_dir, Path(args.cache)) for m, t in zip(args.model, args.task)]
-    result = {"command": shlex.join(["python", PROG, *(sys.argv[1:] if argv is None else argv)]),
+    result = {"command": shlex.join(["python", PROG, *argv]),
               "environment": environment(threads=None), "seconds": round(time.time() - start, 1), "results": results}
     write_results(args.out, markdown(result) + "\n", result)
     print(markdown(result))

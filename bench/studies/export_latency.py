@@ -89,7 +89,7 @@ def body(argv) -> int:
     if args.replot:
         print("\n".join(rewrite_table(args.replot, lambda doc: markdown(doc) + "\n" + doc.get("analysis", ""))))
         return 0
-    command = shlex.join(["python", PROG, *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", PROG, *argv])
     load_start = load_average()
 
     dense = prunekit.load_model("minilm", num_labels=2)

@@ -98,7 +98,8 @@ def summarise(runs: list[dict], tasks, seeds) -> dict:
     have = {(r["task"], r["seed"], r["precision"]): r for r in runs}
     summary = {}
     for t in tasks:
-        pairs = [(have[t, s, "fp32"], have[t, s, "bf16"]) for s in seeds if (t, s, "fp32") in have and (t, s, "bf16") in have]
+        pairs = [(have[t, s, "fp32"], have[t, s, "bf16"]) for s in seeds
+                 if (t, s, "fp32") in have and (t, s, "bf16") in have]
         if len(pairs) < 2:
             continue
         fp32, bf16 = [100 * a["metric"] for a, _ in pairs], [100 * b["metric"] for _, b in pairs]
@@ -165,7 +166,8 @@ def body(argv) -> int:
     glue_dir_option(p)
     args = p.parse_args(argv)
     if args.replot:
-        print("\n".join(rewrite_table(args.replot, markdown, needs=("command", "environment", "tasks", "seeds", "runs"))))
+        needs = ("command", "environment", "tasks", "seeds", "runs")
+        print("\n".join(rewrite_table(args.replot, markdown, needs)))
         return 0
     torch.set_num_threads(args.threads)
     have = logged()
@@ -175,7 +177,7 @@ def body(argv) -> int:
         for t in args.tasks:
             run_task(t, args.seeds, args.macs, glue_dir, have, args.other_threads)
     runs = without_masks(have)
-    doc = {"command": shlex.join(["python", PROG, *(sys.argv[1:] if argv is None else argv)]),
+    doc = {"command": shlex.join(["python", PROG, *argv]),
            "environment": environment(args.threads), "tasks": args.tasks, "seeds": args.seeds,
            "summary": summarise(runs, args.tasks, args.seeds), "runs": runs}
     write_results(args.out, markdown(doc), doc)

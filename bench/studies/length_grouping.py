@@ -74,7 +74,8 @@ def body(argv) -> int:
     task = load_task("sst2", prunekit.load_model("minilm").tokenizer, glue_dir=glue_dir)
     rows = [measure(task, g, a.steps, a.batch_size) for g in (False, True)]
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
-    result = {"command": threads + shlex.join(["python", PROG, "--steps", str(a.steps), "--batch-size", str(a.batch_size)]),
+    command = shlex.join(["python", PROG, "--steps", str(a.steps), "--batch-size", str(a.batch_size)])
+    result = {"command": threads + command,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                          f"{torch.get_num_threads()} threads", "load_before": load_before, "rows": rows}
     old = render_results(a.out, list, needs=()) if Path(a.out).is_file() else []

@@ -65,7 +65,7 @@ def body(argv) -> int:
         return 0
     if not args.runs:
         p.error("give the bench/train_speed.py results to compare")
-    doc = {"command": shlex.join(["python", PROG, *(sys.argv[1:] if argv is None else argv)]),
+    doc = {"command": shlex.join(["python", PROG, *argv]),
            "files": [Path(f).name for f in args.runs], "runs": [json.loads(Path(f).read_text()) for f in args.runs]}
     write_results(args.out, markdown(doc), doc)
     print(markdown(doc))

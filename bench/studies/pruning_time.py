@@ -31,10 +31,10 @@ PROG = "bench/studies/pruning_time.py"
 def one(task: str, teacher: str, precision: str, threads: int, glue_dir: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        timing = run_logged(prunekit_command("compress", "--method", "post-training", "--teacher", teacher, "--task", task,
-                                             "--macs", "0.5", "--no-eval", "--fisher-precision", precision, "--threads",
-                                             threads, "--glue-dir", glue_dir, "--output", Path(tmp) / "pt"),
-                            Path("runs") / "pruning_time.log")
+        cmd = prunekit_command("compress", "--method", "post-training", "--teacher", teacher, "--task", task, "--macs",
+                               "0.5", "--no-eval", "--fisher-precision", precision, "--threads", threads, "--glue-dir",
+                               glue_dir, "--output", Path(tmp) / "pt")
+        timing = run_logged(cmd, Path("runs") / "pruning_time.log")
         wall = time.perf_counter() - start
         report = json.loads((Path(tmp) / "pt" / "report.json").read_text())
     return {"task": task, "teacher": teacher, "precision": precision, "threads": threads, "wall_s": wall,
@@ -83,7 +83,7 @@ def body(argv) -> int:
                 rows.append({**one(task, teacher, precision, a.threads, glue_dir), "repeat": i})
                 r = rows[-1]
                 print(f"{task} {precision} #{i}: pruning {r['pruning_s']:.1f} s, wall {r['wall_s']:.1f} s", flush=True)
-    doc = {"command": shlex.join(["python", PROG, *(sys.argv[1:] if argv is None else argv)]),
+    doc = {"command": shlex.join(["python", PROG, *argv]),
            "environment": environment(a.threads), "rows": rows}
     write_results(a.out, markdown(doc), doc)
     print(markdown(doc))
