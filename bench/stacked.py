@@ -58,6 +58,9 @@ def main(argv: list[str]) -> int:
     check_out(args.out)
     glue_dir = require_glue_dir(args.glue_dir, [args.task])
     dense_config = prunekit.load_model(next(iter(models.values()))).config
+    if (longest := max(s for _, s in SHAPES)) > dense_config.max_position_embeddings:
+        raise PrunekitError(f"the models take {dense_config.max_position_embeddings} positions; this benchmark times "
+                            f"sequences of {longest}")
     rows, sessions = score_variants(models, dense_config, args.task, glue_dir, Path(args.cache), args.threads)
     time_variants(rows, sessions, dense_config.vocab_size, args.threads, args.rounds)
     doc = {"command": command_line(PROG, argv), "environment": environment(args.threads), "task": args.task,

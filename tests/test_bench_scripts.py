@@ -127,3 +127,33 @@ def test_every_committed_table_with_a_json_is_checked_here():
     # train_speed.md is a written account; its train_speed.json is a table of teachers.md
     made_by_json = {p.stem for p in RESULTS.glob("*.json") if p.with_suffix(".md").is_file()} - {"train_speed"}
     assert made_by_json == set(TABLES) | set(DRAWN)
+
+
+@pytest.mark.slow  # exports six ONNX graphs (int8 static calibrated), scores and times them in ONNX Runtime
+def test_stacked_scores_and_times_every_variant_and_its_table_regenerates(script, tmp_path, tok, sst2_glue_dir):
+    import torch
+
+    import prunekit
+    from conftest import tiny_model
+    dense = tiny_model(0, vocab_size=tok.vocab_size, max_position_embeddings=128, num_labels=2)
+    dense.tokenizer = tok
+    dense.save_pretrained(tmp_path / "dense")
+    compact = prunekit.prune(dense, prunekit.Masks(z_head=torch.tensor([[1., 0, 0, 1], [0, 1, 0, 0], [1, 1, 1, 0]])))
+    compact.tokenizer = tok
+    compact.save_pretrained(tmp_path / "pruned")
+    out = tmp_path / "res" / "stacked"
+    stacked = script("stacked")
+    assert stacked.main(["--task", "sst2", "--model", f"dense={tmp_path / 'dense'}", "--model",
+                         f"pruned={tmp_path / 'pruned'}", "--rounds", "1", "--threads", "1", "--glue-dir",
+                         str(sst2_glue_dir), "--cache", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    doc = json.loads((tmp_path / "res" / "stacked.json").read_text())
+    assert [(r["model"], r["variant"]) for r in doc["rows"]] == [
+        (m, v) for m in ("dense", "pruned") for v in ("fp32", "int8 dynamic", "int8 static")]
+    for r in doc["rows"]:
+        assert 0 <= r["accuracy"] <= 1 and r["p50_ms_b1_s128"] > 0 and r["p50_ms_b32_s128"] > 0
+    assert doc["rows"][0]["speedup_b32_s128"] == 1.0 and doc["rows"][3]["macs_kept"] < 1
+    md = (tmp_path / "res" / "stacked.md").read_text()
+    assert (tmp_path / "res" / "stacked-pareto.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "res" / "stacked.md").unlink()
+    assert stacked.main(["--replot", str(tmp_path / "res" / "stacked.json")]) == 0
+    assert (tmp_path / "res" / "stacked.md").read_text() == md
