@@ -1,5 +1,5 @@
-"""What the benchmark scripts share beyond prunekit.benchmark: how they parse and end, the latency
-grid, and the figures.
+"""What the benchmark scripts share beyond prunekit.benchmark: how they parse their arguments, the
+latency grid, and the figures.
 
   parser, replot         argparse with --out and --replot, one-line errors and range-checked numbers
                          (THREADS, COUNT, ...); the --replot of a script that writes a table alone
@@ -29,12 +29,11 @@ from prunekit.cost import macs
 from prunekit.export import OnnxClassifier, export_onnx
 
 # ---------------------------------------------------------------------------------------------
-# Parsing and ending
+# Parsing
 
 THREADS = number(int, 1, 1024)
 COUNT = number(int, 1, 10**7)               # rounds, steps, repeats, sizes
 SECONDS = number(float, 0)                  # finite and >= 0
-POSITIVE = number(float, 0, low_open=True)
 
 
 def parser(prog: str, doc: str, out: str, files: str = "OUT.md, OUT.json") -> OneLineParser:
