@@ -1,22 +1,17 @@
 """A tiny end-to-end run of bench/latency.py: it must write a valid table, JSON and PNG."""
-import importlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 import prunekit
 from conftest import tiny_model
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from test_bench_scripts import script  # noqa: F401 (the fixture that imports a bench script)
 
 @pytest.fixture
-def load_bench(monkeypatch):
+def load_bench(script):
     """bench/latency.py as `python bench/latency.py` sees its folder: bench/ first on sys.path."""
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    return lambda: importlib.import_module("latency")
+    return lambda: script("latency")
 
 
 @pytest.mark.slow  # exports to ONNX and times ONNX Runtime

@@ -5,6 +5,7 @@ import importlib
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +15,21 @@ RESULTS = ROOT / "bench" / "results"
 
 
 @pytest.fixture
-def script(monkeypatch):
+def script():
     """A bench script's module, imported as `python bench/NAME.py` finds its neighbours: its folder
-    first on sys.path (bench/studies/NAME for a study)."""
+    first on sys.path (bench/studies/NAME for a study), taken off again afterwards. Only that entry:
+    restoring the whole of sys.path would drop the folder onnxruntime.transformers appends to it."""
+    added = []
+
     def load(name: str):
-        folder = ROOT / "bench" / Path(name).parent
-        monkeypatch.syspath_prepend(str(folder))
+        folder = str(ROOT / "bench" / Path(name).parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+            added.append(folder)
         return importlib.import_module(Path(name).name)
-    return load
+    yield load
+    for folder in added:
+        sys.path.remove(folder)
 
 
 def one_line_exit_2(module, argv, capsys, tmp_path, says: str):
