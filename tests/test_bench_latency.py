@@ -8,6 +8,7 @@ import prunekit
 from conftest import tiny_model
 from test_bench_scripts import script  # noqa: F401 (the fixture that imports a bench script)
 
+
 @pytest.fixture
 def load_bench(script):
     """bench/latency.py as `python bench/latency.py` sees its folder: bench/ first on sys.path."""
