@@ -27,6 +27,8 @@ from prunekit.export.portable import PRUNEKIT_KEY, exported_config, portable_con
 from conftest import random_batch
 from test_architectures import ARCHS, SHAPE, arch_masks, hf_model, roberta_tokenizer
 from test_export import tiny, tiny_structures
+from test_bench_latency import load_bench  # noqa: F401 (the fixture: bench/latency.py imported as its folder sees it)
+from test_bench_scripts import script  # noqa: F401 (the fixture load_bench uses)
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = {0: "negative", 1: "positive"}
@@ -253,8 +255,7 @@ def test_openvino_missing_is_one_clear_error_and_nothing_written(tmp_path, monke
 
 @pytest.mark.slow
 @needs_openvino
-def test_bench_latency_times_openvino_beside_ort(tmp_path):
-    from test_bench_latency import load_bench
+def test_bench_latency_times_openvino_beside_ort(tmp_path, load_bench):
     dense = tiny()
     dense.save_pretrained(tmp_path / "dense")
     prunekit.prune(dense, tiny_structures()["all at once"]).save_pretrained(tmp_path / "pruned")
