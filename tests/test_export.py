@@ -11,7 +11,8 @@ import torch
 
 import prunekit
 from prunekit import Masks
-from prunekit.cli import load_predictor, main
+from prunekit.cli import main
+from prunekit.evaluation import load_predictor
 from prunekit.export import OnnxClassifier, export_onnx
 from prunekit.export import onnx_export, optimize, validate
 from prunekit.export.runtime import require_cuda
