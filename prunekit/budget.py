@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import distributed
 from .errors import PrunekitError
+from .evaluation import DEFAULT_MAX_LENGTH
 from .latency import DEFAULT_CACHE, RUNTIMES, load_or_measure
 from .options import FRACTION, THREADS, Range, check_options, option
 
@@ -33,7 +34,7 @@ class Deployment:
     run's device)."""
     latency_batch: int = option(32, "deployment batch size for the latency tables",
                                 range=Range(1, 10**5))  # a typical serving batch (the paper's GLUE batch)
-    latency_seq_len: int = option(128, "deployment sequence length", range=Range(2, 10**6))  # BERT's GLUE length
+    latency_seq_len: int = option(DEFAULT_MAX_LENGTH, "deployment sequence length", range=Range(2, 10**6))
     latency_runtime: str = option("ort", "runtime the latency tables are timed on (ort: ONNX Runtime, as deployed)",
                                   choices=RUNTIMES)  # what prunekit deploys on
     latency_threads: int | None = option(None, "CPU threads of the deployment runtime", range=THREADS,

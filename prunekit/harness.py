@@ -78,6 +78,7 @@ class Method:
     compress: Callable           # compress(model, task, budget, config, warnings=...) -> Compressed
     budgets: tuple               # Budget kinds it takes
     max_length: ByTask           # tokens per example when --max-length is not given
+    check: Callable              # check(model, task, budget, config): what fails before any work, once they are loaded
     resumable: bool = False      # keeps checkpoints in a work directory: compress(..., workdir=, resume=)
     logs: dict = field(default_factory=dict)  # output file -> work file it is copied from
 
@@ -161,6 +162,8 @@ def run(method: Method, teacher: str, task_name: str, output, budget: Budget, co
     model, task, _ = load_teacher_and_task(teacher, task_name, data, method.name, method.max_length(task_name),
                                            warnings)
     budget.check_model(model.config, teacher)
+    begin(method.name, config, {}, budget, method.budgets, model, task, warnings)
+    method.check(model, task, budget, config)  # all before an old output is replaced
     if hasattr(config, "max_length"):
         config.max_length = data["max_length"]
     with claim_output(output, inputs, overwrite, resume) as out:

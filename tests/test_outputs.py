@@ -3,6 +3,7 @@ appears whole or not at all, a resume with other settings is refused, two runs n
 and bad numbers, devices and missing files are one line before any work, never on a progress bar's line."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -101,6 +102,22 @@ def test_finetune_may_not_write_over_its_own_training_file(finished_run, tiny_mo
     one_error_line(capfd, "finetune", "would replace the input")
     assert files(finished_run) == before
     data.unlink()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--macs", "1e-9"], "too small to keep one head and one FFN neuron per layer"),
+    (["--method", "cofi", "--target-sparsity", "0.5", "--distill-layers", "7"], "distill layers must be between"),
+    (["--method", "cofi", "--target-sparsity", "0.5", "--student", "/no/such/model"], "model directory not found"),
+])
+def test_compress_overwrite_with_bad_input_keeps_the_old_output(finished_run, tiny_model_dir, sst2_glue_dir, tmp_path,
+                                                                capfd, extra, message):
+    old = tmp_path / "old"
+    shutil.copytree(finished_run, old)
+    before = files(old)
+    assert main(["compress", "--teacher", str(tiny_model_dir), "--task", "sst2", "--glue-dir", str(sst2_glue_dir),
+                 "--output", str(old), "--overwrite", "--device", "cpu", *extra]) == 2
+    one_error_line(capfd, "compress", message)
+    assert files(old) == before and sorted(p.name for p in tmp_path.iterdir()) == ["old"]
 
 
 # ---------------------------------------------------------------- C: CoFi's finished directory arrives whole

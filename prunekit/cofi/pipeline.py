@@ -229,6 +229,7 @@ METHOD = Method(
     name="cofi",
     summary="Xia et al. 2022: L0 masks learned with distillation; hours on a CPU",
     config=CoFiConfig, compress=compress, budgets=BUDGETS,
+    check=lambda model, task, budget, config: check_teacher(config, model),
     max_length=ByTask(DEFAULT_MAX_LENGTH),  # the paper's GLUE length
     resumable=True,
     logs={"log_prune.jsonl": "prune/log.jsonl", "log_finetune.jsonl": "finetune/log.jsonl"})
