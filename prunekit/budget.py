@@ -78,7 +78,8 @@ class Budget:
                                 f"({config.longest_sequence} positions)")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """kind and value, and the deployment where it matters (a latency budget)."""
+        return asdict(self) if self.kind == "latency" else {"kind": self.kind, "value": self.value}
 
 
 def latency_table(budget: Budget, config, device: str = "cpu", progress: bool = True) -> tuple[dict, bool]:

@@ -12,7 +12,6 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from . import distributed
-from .budget import KINDS, Budget, Deployment
 from .checkpoints import load_model
 from .cost import cost_report, format_report
 from .errors import PrunekitError
@@ -23,7 +22,7 @@ from .io import check_output, output_dir, write_json
 from .masks import Masks
 from .methods import METHODS
 from .options import given
-from .parser import build_parser, data_args, dest_of, own_options
+from .parser import budget_of, build_parser, data_args, foreign_options
 from .progress import close_bars
 from .rundir import data_inputs
 from .summaries import summarise_compress, summarise_eval, summarise_export
@@ -97,16 +96,11 @@ def cmd_export(args):
 
 def cmd_compress(args):
     method = METHODS[args.method]
-    wrong = [flag for m in METHODS.values() if m is not method for dest, flag in own_options(m).items()
-             if dest not in own_options(method) and getattr(args, dest, None) is not None]
+    wrong = foreign_options(args, method)
     if wrong:
-        raise PrunekitError(f"{', '.join(dict.fromkeys(wrong))} {'is not an option' if len(wrong) == 1 else 'are not options'}"
-                            f" of --method {args.method}")
-    kinds = [k for k in method.budgets if getattr(args, dest_of(KINDS[k][0])) is not None]
-    if len(kinds) != 1:
-        raise PrunekitError("give exactly one budget: " + ", ".join(f"{KINDS[k][0]} F ({KINDS[k][1]})"
-                                                                    for k in method.budgets) + ", F in (0, 1)")
-    budget = Budget(kinds[0], getattr(args, dest_of(KINDS[kinds[0]][0])), Deployment(**given(args, Deployment)))
+        raise PrunekitError(f"{', '.join(wrong)} {'is not an option' if len(wrong) == 1 else 'are not options'} of "
+                            f"--method {args.method}")
+    budget = budget_of(args, method)
     config = method.config(device=args.device, **given(args, method.config))
     report = run_method(method, args.teacher, args.task, args.output, budget, config, data=data_args(args),
                         overwrite=args.overwrite, resume=bool(args.resume), command=args.command_line)

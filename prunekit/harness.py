@@ -139,9 +139,8 @@ def run_settings(method: Method, teacher: str, model, task, budget: Budget, conf
     may change)."""
     settings = {k: v for k, v in asdict(config).items() if k not in FREE_ON_RESUME}
     return {"method": method.name, "teacher": str(teacher), "task": task.name, "data": data,
-            "budget": asdict(budget),
-            "settings": settings, "teacher_shape": [model.config.num_heads, model.config.ffn_dim,
-                                                    model.config.hidden_size]}
+            "budget": budget.as_dict(), "settings": settings,
+            "teacher_shape": [model.config.num_heads, model.config.ffn_dim, model.config.hidden_size]}
 
 
 def run(method: Method, teacher: str, task_name: str, output, budget: Budget, config=None, data: dict | None = None,

@@ -3,11 +3,13 @@
 compress takes the options of every method in METHODS, each method's own refused for the others."""
 import torch
 
-from .budget import KINDS, Deployment
+from .budget import KINDS, Budget, Deployment
+from .errors import PrunekitError
 from .evaluation import CALIBRATION_SAMPLES, DEFAULT_MAX_LENGTH, EVAL_BATCH_SIZE
 from .export.onnx_export import DEFAULT_OPSET, OPSETS
 from .methods import DEFAULT_METHOD, METHODS
-from .options import COUNT, THREADS, OneLineParser, Range, add_option, add_options, flag_of, number, option_fields
+from .options import (COUNT, THREADS, OneLineParser, Range, add_option, add_options, flag_of, given, number,
+                      option_fields)
 from .training import TrainArgs
 
 DESCRIPTION = "fine-tune, compress (CoFi or post-training), export and evaluate BERT encoders"
@@ -18,10 +20,28 @@ def dest_of(flag: str) -> str:
 
 
 def own_options(method) -> dict:
-    """dest -> flag of the options only some methods take: its settings, its budgets, --resume."""
+    """dest -> flag of every option a method takes besides the common ones: its settings' options, its
+    budgets, --resume if it is resumable."""
     own = {name: flag_of(f) for name, f in option_fields(method.config).items()}
     own.update({dest_of(KINDS[k][0]): KINDS[k][0] for k in method.budgets})
     return {**own, "resume": "--resume"} if method.resumable else own
+
+
+def foreign_options(args, method) -> list[str]:
+    """The flags given that belong to other methods only (parsed with default None, so given = not None)."""
+    own = own_options(method)
+    return list(dict.fromkeys(flag for m in METHODS.values() if m is not method
+                              for dest, flag in own_options(m).items()
+                              if dest not in own and getattr(args, dest, None) is not None))
+
+
+def budget_of(args, method) -> Budget:
+    """The one budget given among those the method takes (--target-sparsity, --macs, --latency)."""
+    kinds = [k for k in method.budgets if getattr(args, dest_of(KINDS[k][0])) is not None]
+    if len(kinds) != 1:
+        raise PrunekitError("give exactly one budget: " + ", ".join(f"{KINDS[k][0]} F ({KINDS[k][1]})"
+                                                                    for k in method.budgets) + ", F in (0, 1)")
+    return Budget(kinds[0], getattr(args, dest_of(KINDS[kinds[0]][0])), Deployment(**given(args, Deployment)))
 
 
 def data_args(args) -> dict:

@@ -348,6 +348,7 @@ def test_cli_export_refuses_missing_model_and_existing_output(tmp_path, capsys):
     assert main(["export", "--onnx", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 2
     assert "model directory not found" in capsys.readouterr().err
     (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.onnx").write_text("an earlier export")   # (an empty directory may be written into)
     assert main(["export", "--onnx", "--model", "minilm", "--output", str(tmp_path / "out")]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
 
