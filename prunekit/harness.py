@@ -33,11 +33,11 @@ from .cost import cost_report
 from .data import canonical_task
 from .errors import PrunekitError
 from .evaluation import evaluate_task, torch_predictor
-from .io import INCOMPLETE, RUN_ARGS, check_output, output_dir, write_json
+from .io import check_output, output_dir, write_json
 from .masks import Masks
 from .metrics import main_metric
 from .progress import Warnings
-from .rundir import claim_output, data_inputs, mark_incomplete, start_run
+from .rundir import claim_output, data_inputs, started
 from .surgery import compact_vs_masked
 from .teachers import load_teacher_and_task
 from .timing import Stopwatch
@@ -178,20 +178,11 @@ def run(method: Method, teacher: str, task_name: str, output, budget: Budget, co
 
 def run_method(method: Method, out: Path, model, task, budget, config, warnings, resume: bool,
                settings: dict) -> Compressed:
-    """The method's compress: in memory, or (a resumable method) with `out` as its work directory,
-    marked INCOMPLETE; a run that fails before it has anything to resume from leaves nothing behind."""
+    """The method's compress: in memory, or (a resumable method) with `out` as its work directory."""
     if not method.resumable:
         return method.compress(model, task, budget, config, warnings=warnings)
-    start_run(out, settings, resume)
-    if distributed.is_main():  # until the finished directory is swapped in, this is not a model
-        mark_incomplete(out, f"{method.name} run")
-    distributed.barrier()
-    try:
+    with started(out, settings, resume):  # not a model until the finished one is swapped in
         return method.compress(model, task, budget, config, warnings=warnings, workdir=out, resume=resume)
-    except BaseException:
-        if not resume and distributed.is_main() and {p.name for p in out.iterdir()} <= {INCOMPLETE, RUN_ARGS}:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
 
 
 def write_result(out: Path, method: Method, result: Compressed, report: dict) -> None:

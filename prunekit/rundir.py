@@ -5,9 +5,9 @@ of a run under way, and the settings a resume must match.
                                    run: a second run into the same output gets a one-line error
   record_settings(dir, settings)   what defines a run, written when it starts; a resume with settings
                                    that would change the run is refused
-  start_run(dir, settings)         after every check: an old run replaced, the settings recorded
-  mark_incomplete(dir)             a run that works inside its output directory (finetune, CoFi) marks it
-                                   INCOMPLETE until it ends, so an interrupted run never looks finished
+  started(dir, settings, ...)      after every check: an old run replaced, the directory marked INCOMPLETE
+                                   (a run that works inside its output directory, finetune and CoFi, is
+                                   not a model until it ends), the settings recorded
 """
 import fcntl
 import json
@@ -75,20 +75,34 @@ def record_settings(directory: Path, settings: dict, resume: bool) -> None:
         write_json(path, settings)
 
 
-def mark_incomplete(directory: Path, what: str) -> None:
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    (Path(directory) / INCOMPLETE).write_text(f"an interrupted {what}: continue it with --resume\n")
-
-
 def data_inputs(data: dict) -> list:
     """The paths a run reads its data from (load_task's glue_dir, by default $GLUE_DIR, and files)."""
     return [data.get("glue_dir") or os.environ.get("GLUE_DIR"), data.get("train_file"), data.get("dev_file")]
 
 
-def start_run(out: Path, settings: dict, resume: bool) -> None:
-    """A claimed run directory at the start of the work: an old run replaced (only now, after every
-    check), the settings recorded, or compared with those of the run being resumed."""
-    if not resume and distributed.is_main() and out.exists():
-        shutil.rmtree(out)
+@contextmanager
+def started(out: Path, settings: dict, resume: bool):
+    """A claimed run directory while the work goes on. A fresh run: an old run replaced (only now, after
+    every check), the directory marked INCOMPLETE first (a run killed from here on can be resumed), the
+    settings recorded; if it fails before it has written anything to resume from, nothing is left. A
+    resumed run: its settings compared with those it started with before anything is touched."""
+    if resume:
+        record_settings(out, settings, resume=True)
+    elif distributed.is_main():
+        if out.exists():
+            shutil.rmtree(out)
+        mark_incomplete(out)
     distributed.barrier()
-    record_settings(out, settings, resume)
+    try:
+        if not resume:
+            record_settings(out, settings, resume=False)
+        yield out
+    except BaseException:
+        if not resume and distributed.is_main() and {p.name for p in out.iterdir()} <= {INCOMPLETE, RUN_ARGS}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def mark_incomplete(directory: Path) -> None:
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    (Path(directory) / INCOMPLETE).write_text("an interrupted run: continue it with --resume\n")

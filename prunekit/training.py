@@ -49,7 +49,7 @@ from .metrics import main_metric
 from .model import KERNELS
 from .options import COUNT, RATE, SEED, Range, check_options, option
 from .progress import bar_interval
-from .rundir import claim_output, data_inputs, start_run
+from .rundir import claim_output, data_inputs, mark_incomplete, started
 from .timing import Stopwatch
 from .tokenizer import load_tokenizer, require_tokenizer
 
@@ -270,7 +270,7 @@ class Trainer:
                                                           "processes": distributed.world_size()})
                 (self.out / "log.jsonl").write_text("")
         if self.writes:
-            (self.out / INCOMPLETE).write_text("an interrupted run: continue it with --resume\n")
+            mark_incomplete(self.out)
 
     def finish(self) -> dict:
         """The metrics summary; the kept model and the summary written, the checkpoint and the INCOMPLETE
@@ -415,8 +415,8 @@ def finetune(model_name: str, task_name: str, args: TrainArgs, resume: bool = Fa
     data = {**data, "max_length": resolve_max_length(config_of(path), data.get("max_length"), model_name=model_name)}
     tokenizer = require_tokenizer(load_tokenizer(path), model_name, "fine-tuning reads text")
     task = load_task(task_name, tokenizer, **data)
-    with claim_output(args.output, inputs, overwrite, resume) as out:
-        start_run(out, {"model": str(model_name), "task": task.name, **data}, resume)
+    settings = {"model": str(model_name), "task": task.name, **data}
+    with claim_output(args.output, inputs, overwrite, resume) as out, started(out, settings, resume):
         torch.manual_seed(args.seed)  # a fresh classifier head starts the same way for a given seed
         model = load_model(model_name, num_labels=task.num_labels)
         return Trainer(model, task, args).fit(resume=resume)
