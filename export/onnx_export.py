@@ -24,7 +24,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from prunekit.errors import PrunekitError
-from prunekit.io import output_dir
+from prunekit.io import check_output, output_dir
 
 from . import optimize as opt
 from . import portable
@@ -128,11 +128,8 @@ def check_runtimes(check_with) -> None:
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
-    """The same rule as prunekit.io.output_dir, checked before any work is done."""
-    if out.exists() and not overwrite:
-        raise PrunekitError(f"{out} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise PrunekitError(f"output {out} is a file, not a directory")
+    """prunekit's one output rule (prunekit.io.check_output), before any work is done."""
+    check_output(out, overwrite=overwrite)
 
 
 def export_onnx(model, out_dir, *, opset: int = DEFAULT_OPSET, optimize: bool = False, quantize: str | None = None,

@@ -65,9 +65,8 @@ def triton_fits(head_dim: int) -> bool:
 
 def resolve_kernels(kernels: str, device, head_dim: int = 64) -> str:
     """'auto' -> 'triton' on CUDA (when Triton is there and the head dim fits), else the eager 'torch'
-    path (on this project's CPU, SDPA measured slower than eager attention for MiniLM training steps:
-    bench/results/train_speed_paths.md); a 'triton' that cannot run here is an error now rather than
-    at the first step."""
+    path (SDPA is not the CPU's fast path: bench/results/train_speed_paths.md); a 'triton' that cannot
+    run here is an error now rather than at the first step."""
     if kernels not in KERNELS:
         raise PrunekitError(f"kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
     cuda = torch.device(device).type == "cuda"
