@@ -52,6 +52,8 @@ def cmd_finetune(args):
                            group_by_length=not args.no_group_by_length, device=args.device,
                            kernels=args.kernels, precision=args.precision)
     check_device(args.device)
+    from .model import check_speed_options
+    check_speed_options(args.kernels, args.precision, args.device, args.model)
     from .io import check_output_path
     check_output_path(args.output, args.model)
     summary = finetune(args.model, args.task, train_args, resume=args.resume, overwrite=args.overwrite,
@@ -219,6 +221,8 @@ def cmd_compress(args):
                             f"--method {args.method}")
     set_threads(args)
     check_device(args.device)
+    from .model import check_speed_options
+    check_speed_options(args.kernels, getattr(args, "precision", None), args.device, args.teacher)
     run_method(args)
 
 
