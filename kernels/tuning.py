@@ -25,12 +25,9 @@ DOT_PRECISION = tl.constexpr("tf32")
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
-# The first Triton whose code generation these kernels were compiled and checked with (compile_check).
-# tl.dot's input_precision argument and tl.trans of a 2-D block need 3.0; 3.7 is what torch 2.13 pins.
+# The oldest Triton the kernels were compiled and checked with (compile_check): 3.7, what torch 2.13
+# pins. (tl.dot's input_precision needs 3.0, Blackwell GPUs 3.3: both older than this.)
 MIN_TRITON = (3, 7)
-# The oldest Triton that generates code for each GPU generation (compute capability major -> version):
-# Blackwell (sm_100, sm_120) came with 3.3; Ampere and Hopper are covered by MIN_TRITON.
-MIN_TRITON_FOR_ARCH = {10: (3, 3), 12: (3, 3)}
 MIN_CAPABILITY = (8, 0)  # bf16 tensor cores, and what the configs were compiled for (sm_80, sm_90)
 
 
@@ -56,8 +53,7 @@ def unsupported_gpu(capability: tuple[int, int], triton_version: str | None = No
     if capability < MIN_CAPABILITY:
         return (f"the Triton kernels need compute capability >= {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} "
                 f"(bf16 tensor cores), this GPU has {capability[0]}.{capability[1]}")
-    need = max(MIN_TRITON, MIN_TRITON_FOR_ARCH.get(capability[0], MIN_TRITON))
-    if have < need:
+    if have < MIN_TRITON:
         return (f"triton {triton_version} is too old for the kernels on compute capability "
-                f"{capability[0]}.{capability[1]}: need triton >= {need[0]}.{need[1]}")
+                f"{capability[0]}.{capability[1]}: need triton >= {MIN_TRITON[0]}.{MIN_TRITON[1]}")
     return None
