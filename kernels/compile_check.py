@@ -318,7 +318,9 @@ def table(results: list[dict], seconds: float | None = None) -> str:
              "mma / wgmma: tensor-core instructions in the PTX; regs, spills (stores/loads bytes): ptxas -v; "
              "shared: bytes Triton allocates (limit sm_80 166912, sm_90 232448)."]
     if seconds is not None:
-        lines[-1] += f" Compile time of this run: {seconds:.0f} s."
+        lines[-1] += (f" {len(results)} compilations took {sum(r['seconds'] for r in results):.0f} s of compile time "
+                      f"(each timed when it ran, cached ones in an earlier run); this run {seconds:.0f} s with load "
+                      f"average {', '.join(f'{x:.1f}' for x in os.getloadavg())} at its end.")
     lines += ["", "| kernel | target | dtype | shape | config | compiled | mma.sync | wgmma | regs | spills | shared |",
               "|---|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
