@@ -140,7 +140,8 @@ def task_args(args, work: Path) -> list[str]:
             words.insert(rng.randint(0, len(words)), rng.choice(good if i % 2 else bad))
             rows.append(f"{' '.join(words)}\t{i % 2}\n")
         (data / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(rows))
-    return ["--train-file", str(data / "train.tsv"), "--dev-file", str(data / "dev.tsv"), "--text-columns", "sentence"]
+    return ["--task", "synthetic", "--train-file", str(data / "train.tsv"), "--dev-file", str(data / "dev.tsv"),
+            "--text-columns", "sentence"]
 
 
 def losses(log: Path) -> list[float]:

@@ -62,7 +62,7 @@ def test_loss_curves_are_compared_point_by_point(gpu_check, tmp_path):
 def test_without_glue_data_a_synthetic_task_is_written(gpu_check, tmp_path):
     args = gpu_check.parse_args(["--glue-dir", str(tmp_path / "none")])
     got = gpu_check.task_args(args, tmp_path)
-    assert got[0] == "--train-file" and got[-2:] == ["--text-columns", "sentence"]
+    assert got[:3] == ["--task", "synthetic", "--train-file"] and got[-2:] == ["--text-columns", "sentence"]
     train = (tmp_path / "data" / "train.tsv").read_text().splitlines()
     assert train[0] == "sentence\tlabel" and len(train) == 2049
     assert {line.split("\t")[1] for line in train[1:]} == {"0", "1"}
