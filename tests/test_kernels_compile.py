@@ -5,9 +5,9 @@ The interpreter that tests/test_kernels.py runs in never runs Triton's code gene
 only place a kernel that cannot compile shows on a CPU (issue 19: two module-level floats read inside
 @triton.jit functions broke every GPU launch).
 
-Compiling is slow (a few hundred kernels, about 1-3 s each on this 2-core machine, in one process per
-core); results are cached in pytest's cache directory under a key of each kernel's source hash, the
-Triton version, the target and the specialisation, so only changed kernels recompile."""
+Compiling a few hundred kernels is slow (bench/results/kernels_compile.md says how slow); it runs in
+one process per core, and results are cached in pytest's cache directory under a key of each kernel's
+source hash, the Triton version, the target and the specialisation, so only changed kernels recompile."""
 import json
 import os
 import subprocess
