@@ -45,6 +45,7 @@ def steps(args) -> dict:
     for r in range(args.rounds):
         for way, env in (WAYS.items() if r % 2 == 0 else reversed(WAYS.items())):
             out = ROOT / "runs" / f"cpu_isa_steps_{r}_{'avx2' if env else 'native'}"
+            out.parent.mkdir(exist_ok=True)
             before = load()
             cmd = [sys.executable, "bench/train_speed.py", "--paths", "--rounds", str(args.inner_rounds), "--seq",
                    *map(str, args.seq), "--out", str(out)] + [a for p in args.paths for a in ("--path", p)]

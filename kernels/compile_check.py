@@ -201,6 +201,14 @@ def ptxas_report(log: str) -> dict:
             "spill_loads": num(r"(\d+) bytes spill loads")}
 
 
+def cause(e: BaseException) -> str:
+    """The innermost exception's last meaningful line (a CompilationError's is a caret under the source)."""
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__
+    lines = [line.strip() for line in str(e).splitlines() if line.strip().strip("^")]
+    return lines[-1] if lines else type(e).__name__
+
+
 def compile_launch(launch: Launch, cc: int) -> Result:
     import triton
     from triton import knobs
@@ -214,7 +222,7 @@ def compile_launch(launch: Launch, cc: int) -> Result:
             knobs.compilation.always_compile = True  # ... which a cached kernel would not run
             kernel = triton.compile(src, target=target, options=options.__dict__)
     except Exception as e:  # noqa: BLE001 - a compile error is a result here, reported per kernel
-        res.error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1]}"[:300]   # the cause: last
+        res.error = f"{type(e).__name__}: {cause(e)}"[:300]
         res.seconds = round(time.perf_counter() - start, 2)
         return res
     ptx = kernel.asm["ptx"]
