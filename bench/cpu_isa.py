@@ -87,7 +87,8 @@ def table(kind: str, result: dict, command: str) -> str:
         lines += ["", "Runs: " + "; ".join(f"{r['way']} (round {r['round']}): load {r['load_before']} -> "
                                           f"{r['load_after']}" for r in result["runs"])]
     else:
-        lines += ["| round | way | wall s | load before | load after | per step (demo.md) |", "|---:|---|---:|---|---|---|"]
+        lines += ["| round | way | wall s | load before | load after | per step (demo.md) |",
+                  "|---:|---|---:|---|---|---|"]
         lines += [f"| {r['round']} | {r['way']} | {r['seconds']:.0f} | {r['load_before']} | {r['load_after']} | "
                   f"{r['demo_line']} |" for r in result["runs"]]
     return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ Checks (each one a subprocess with its own time limit; a failing check is report
            against float64 PyTorch in fp32 (TF32), fp16 and bf16, strided inputs, masked training steps
   bench    bench/kernels.py: fused masked attention and FFN (forward + backward) vs the eager masked
            path vs SDPA, BERT-base and MiniLM shapes, sequence 128 and 512, bf16
-  cofi     CoFi_STEPS pruning steps of `prunekit compress --method cofi` with --kernels triton and with
+  cofi     COFI_STEPS pruning steps of `prunekit compress --method cofi` with --kernels triton and with
            --kernels torch, both --precision bf16: seconds per step, and the train-loss curves (mean
            loss per evaluation interval) agree within LOSS_RTOL (the Triton attention has no
            attention-probability dropout, so the curves differ by more than rounding)
@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ("kernels", "bench", "cofi", "export", "ddp")
-CoFi_STEPS = 200
+COFI_STEPS = 200
 LOSS_RTOL = 0.10          # train-loss curves, triton vs torch kernels (both bf16, different attention dropout)
 DDP_RTOL = 0.02           # train losses, 2 processes vs 1 (same global batch; reduction order differs)
 LIMITS = {"kernels": 150, "bench": 120, "cofi": 150, "export": 150, "ddp": 90}   # seconds per check
@@ -52,9 +52,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/results/gpu_check", help="write OUT.md and OUT.json")
     p.add_argument("--work", default="runs/gpu_check", help="where the runs and exports go")
-    p.add_argument("--only", type=checks_list, default=list(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}")
+    p.add_argument("--only", type=checks_list, default=list(CHECKS),
+                   help=f"comma-separated subset of {','.join(CHECKS)}")
     p.add_argument("--teacher", default="minilm", help="dense teacher for cofi, export and ddp (default minilm)")
-    p.add_argument("--cofi-steps", type=int, default=CoFi_STEPS, help=f"pruning steps per CoFi run (default {CoFi_STEPS})")
+    p.add_argument("--cofi-steps", type=int, default=COFI_STEPS,
+                   help=f"pruning steps per CoFi run (default {COFI_STEPS})")
     p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR"), help="glue_data directory (default $GLUE_DIR); "
                    "without SST-2 there, a synthetic task is written to --work")
     args = p.parse_args(argv)
@@ -215,7 +217,8 @@ def check_export(args, work: Path) -> Row:
         q = json.loads((out / "export_report.json").read_text())["quantized"]
         if "CUDAExecutionProvider" not in q["providers"]:
             return Row("export", "fail", note=f"{name}: ORT ran on {q['providers']}, not CUDA")
-        figs[f"{name} fp16 max abs diff"], figs[f"{name} fp16 argmax agreement"] = q["max_abs_diff"], q["argmax_agreement"]
+        figs[f"{name} fp16 max abs diff"] = q["max_abs_diff"]
+        figs[f"{name} fp16 argmax agreement"] = q["argmax_agreement"]
     lat = work / "latency"
     rc, tail = sh([sys.executable, "bench/latency.py", "--device", "cuda", "--dense", args.teacher, "--pruned",
                    str(pruned), "--runtimes", "ort-cuda", "ort-cuda-fp16", "--batch", "1", "32", "--seq", "128",

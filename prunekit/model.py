@@ -25,7 +25,8 @@ every exactness test use; "sdpa" computes attention with PyTorch's scaled_dot_pr
 the fused Triton kernels of prunekit.kernels for attention (online softmax, gate inside, no
 attention-probability dropout) and for the FFN (bias, GELU and both gates in GEMM epilogues);
 "auto" is triton on a CUDA GPU the kernels run on (sm_80 or newer) and torch elsewhere (on CPU the
-speed comes from bf16 autocast, not from SDPA: bench/results/train_speed_paths.md). All compute the same function within float rounding.
+speed comes from bf16 autocast, not from SDPA: bench/results/train_speed_paths.md). All compute the
+same function within float rounding.
 """
 import math
 import os

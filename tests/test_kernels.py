@@ -191,7 +191,8 @@ def masked_steps(kernels, steps=3):
     for _, t in masks.items():
         t.requires_grad_(True)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    batch = {k: t.to(DEVICE) for k, t in {**random_batch(batch=4, seq=11), "labels": torch.tensor([0, 1, 2, 1])}.items()}
+    batch = {**random_batch(batch=4, seq=11), "labels": torch.tensor([0, 1, 2, 1])}
+    batch = {k: t.to(DEVICE) for k, t in batch.items()}
     losses, mask_grads = [], None
     for i in range(steps):
         loss = model(**batch, masks=masks).loss
@@ -295,7 +296,8 @@ def test_the_cli_refuses_before_any_work(case, monkeypatch, tmp_path, capsys):
     from prunekit.kernels import tuning
     if case == "triton on a CPU":
         monkeypatch.setattr(tuning, "INTERPRETING", False)
-        extra, want = ["--kernels", "triton"], "--kernels triton runs on CUDA GPUs; use torch (or auto) on the CPU"
+        extra = ["--kernels", "triton", "--device", "cpu"]
+        want = "--kernels triton runs on CUDA GPUs; use torch (or auto) on the CPU"
     else:
         fake_gpu(monkeypatch, (7, 0), "Tesla V100-SXM2-16GB")
         extra, want = ["--precision", "bf16", "--device", "cuda"], "Tesla V100-SXM2-16GB has 7.0: use --precision fp32"
