@@ -31,7 +31,8 @@ def compiler_env():
 
 @pytest.fixture(scope="module")
 def compiled(request, tmp_path_factory):
-    cache_dir = request.config.cache.mkdir("kernels_compile") if request.config.cache else tmp_path_factory.mktemp("c")
+    cache = getattr(request.config, "cache", None)            # None under -p no:cacheprovider
+    cache_dir = cache.mkdir("kernels_compile") if cache else tmp_path_factory.mktemp("compile-cache")
     out = tmp_path_factory.mktemp("compile") / "results.json"
     proc = subprocess.run([sys.executable, "-m", "prunekit.kernels.compile_check", "--json", str(out),
                            "--cache", str(cache_dir / "results.json")], env=compiler_env(), cwd=ROOT,
