@@ -13,22 +13,28 @@ Data: $GLUE_DIR (glue_data layout) or, without it, HF datasets.
 """
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from prunekit.benchmark import prunekit_command
+from prunekit.io import write_text
+from prunekit.machine import native_bf16
+
+LATENCY = [sys.executable, str(Path(__file__).with_name("latency.py"))]  # bench/latency.py, by this interpreter
 
 
 def step(title: str, cmd: list[str], done: Path, timings: dict):
-    print(f"\n== {title}\n$ {' '.join(cmd)}", flush=True)
+    shown = ["prunekit", *cmd[3:]] if cmd[:3] == prunekit_command() else ["python", "bench/latency.py", *cmd[2:]]
+    print(f"\n== {title}\n$ {shlex.join(shown)}", flush=True)
     if done.exists():
         print(f"(already done: {done} exists)")
         return
     start = time.perf_counter()
-    rc = subprocess.run(cmd, cwd=ROOT).returncode
+    rc = subprocess.run(cmd).returncode
     timings[title] = round(time.perf_counter() - start, 1)
     if rc != 0:
         print(f"demo: step '{title}' failed with exit code {rc}", file=sys.stderr)
@@ -44,16 +50,15 @@ def main(argv=None) -> int:
     p.add_argument("--no-fast", dest="fast", action="store_false", help="fine-tune in exact fp32 eager even where "
                    "the CPU has native bf16 (default: bf16 autocast there)")
     args = p.parse_args(argv)
-    out = ROOT / args.out
+    out = Path(args.out)
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    prunekit = [sys.executable, "-m", "prunekit.cli"]
+    prunekit = prunekit_command()
     teacher, pruned = out / "teacher", out / "pruned"
     timings, start = {}, time.perf_counter()
 
     # the fast training path where the CPU has native bf16 (bench/results/train_speed_paths.md), else exact fp32
-    from prunekit.machine import native_bf16
     fast = ["--precision", "bf16"] if args.fast and native_bf16("cpu") else []
     step("fine-tune the teacher", prunekit + ["finetune", "--model", "minilm", "--task", "sst2", "--output", str(teacher),
          "--max-steps", str(args.steps), "--max-length", "64", "--eval-every", str(args.steps), *fast],
@@ -69,7 +74,7 @@ def main(argv=None) -> int:
          "--output", str(teacher / "eval.json")], teacher / "eval.json", timings)
     step("score the pruned model (ONNX Runtime)", prunekit + ["eval", "--model", str(out / "pruned-onnx"), "--task", "sst2",
          "--output", str(pruned / "eval.json")], pruned / "eval.json", timings)
-    step("time both", [sys.executable, "bench/latency.py", "--dense", str(teacher), "--pruned", str(pruned),
+    step("time both", LATENCY + ["--dense", str(teacher), "--pruned", str(pruned),
          "--runtimes", "torch", "ort-opt", "--batch", "1", "32", "--seq", "128", "--budget", "3",
          "--cache", str(out / "bench-cache"),
          "--out", str(out / "latency")], out / "latency.json", timings)
@@ -101,7 +106,7 @@ def main(argv=None) -> int:
                                                                      ("fisher", "search", "rearrange", "tune") if k in s) + ")"]
     latency_md = (out / "latency.md").read_text().split("\n", 1)[1]  # without its title
     lines += ["", "## Latency (bench/latency.py, from the demo)", latency_md]
-    (out / "demo.md").write_text("\n".join(lines).rstrip() + "\n")
+    write_text(out / "demo.md", "\n".join(lines).rstrip() + "\n")
     print("\n== result: " + "\n".join(lines))
     print(f"files: {out}/ (demo.md, models, ONNX exports, latency.md/json/png)")
     print(f"next: CoFi learns the masks with distillation instead (hours on a CPU, more accurate at high sparsity):\n"

@@ -4,147 +4,180 @@ scored on the full dev set through ONNX Runtime and timed in ORT-CPU at b1/s128 
     python bench/stacked.py --task sst2 --model teacher=runs/teacher-sst2 \
         --model post-training=runs/pt-sst2-macs0.5-d0 --model cofi=runs/cofi-sst2-macs0.5
     # the first --model is the dense fp32 reference of every speed-up; writes bench/results/stacked.{md,json}
+    python bench/stacked.py ... --runtimes ort openvino   # each variant in ORT and in OpenVINO (the same model.onnx)
+    python bench/stacked.py --replot bench/results/stacked.json   # the table and figure again, no work
 
 Each variant is what `prunekit export --onnx --optimize [--quantize int8 | int8-static --task T]`
 ships (the fused graph kept only where it is faster, export_report.json says which); static int8
-calibrates on 256 training examples. All sessions of a shape are timed round-robin with the order
-rotating each round (bench/latency.py's method, intra-op spinning off), P50 reported.
+calibrates on CALIBRATION training examples. All sessions of a shape are timed round-robin with the
+order rotating each round (bench/latency.py's method, intra-op spinning off), P50 reported. With several
+--runtimes every variant is scored and timed in each; the reference is the dense fp32 model in the first.
 """
-import argparse
-import json
-import math
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import prunekit
+from common import COUNT, THREADS, command_line, make_runner, pareto_figure, parser, synthetic_batch
+from prunekit.benchmark import (check_out, environment, glue_dir_option, render_results, require_glue_dir, script,
+                                summarise, table, time_interleaved, warm_up, write_results)
+from prunekit.cli import calibration_feeds  # library code that lives in the CLI for now
+from prunekit.cost import macs
+from prunekit.data import load_task
+from prunekit.errors import PrunekitError
+from prunekit.export import export_onnx
+from prunekit.export.runtime import RUNTIMES, open_classifier, runtime_versions
+from prunekit.metrics import main_metric
+from prunekit.training import evaluate_task, trained_labels
 
-import prunekit  # noqa: E402
-from export_int8_quality import logits_of, score  # noqa: E402 (bench/, the script's own folder)
-from gluedir import add_glue_dir_option, require_glue_dir  # noqa: E402
-from latency import synthetic_batch  # noqa: E402
-from prunekit.benchmark import environment, summarise, time_interleaved, warm_up  # noqa: E402
-from prunekit.cli import calibration_feeds  # noqa: E402
-from prunekit.cost import macs  # noqa: E402
-from prunekit.data import load_task  # noqa: E402
-from prunekit.export import OnnxClassifier, export_onnx  # noqa: E402
-from prunekit.metrics import main_metric  # noqa: E402
-from prunekit.training import trained_labels  # noqa: E402
-
+PROG = "bench/stacked.py"
 VARIANTS = {"fp32": {}, "int8 dynamic": {"quantize": "int8"}, "int8 static": {"quantize": "int8-static"}}
 SHAPES = ((1, 128), (32, 128))
+CALIBRATION = 256  # static int8's calibration examples: what `prunekit export` takes by default
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", action="append", required=True, help="LABEL=DIR (repeatable; the first is the dense one)")
-    p.add_argument("--task", required=True)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=30, help="timed rounds per shape (b1 gets 4x as many)")
-    p.add_argument("--cache", default=str(ROOT / "runs" / "stacked"))
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "stacked"))
-    add_glue_dir_option(p)
-    args = p.parse_args()
-    glue_dir = require_glue_dir(args.glue_dir, [args.task], "bench/stacked.py")
-    if bad := [m for m in args.model if "=" not in m]:
-        p.error(f"--model takes LABEL=DIR, not {bad[0]!r}")
-    models = dict(m.split("=", 1) for m in args.model)
-    if len(models) != len(args.model):
-        p.error("each --model needs its own label")
+def build_parser():
+    p = parser(PROG, __doc__, out="bench/results/stacked", files="OUT.md, OUT.json, OUT-pareto.png")
+    glue_dir_option(p)
+    p.add_argument("--model", action="append", help="LABEL=DIR (repeatable; the first is the dense one)")
+    p.add_argument("--task", help="the task the models were fine-tuned on (dev set scored through ORT)")
+    p.add_argument("--threads", type=THREADS, default=2)
+    p.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=["ort"], help="ort and/or openvino")
+    p.add_argument("--rounds", type=COUNT, default=30, help="timed rounds per shape (b1 gets 4x as many)")
+    p.add_argument("--cache", default="runs/stacked", help="where the exports are written")
+    return p
+
+
+@script(PROG)
+def main(argv: list[str]) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.replot:
+        print("\n".join(render_results(args.replot, lambda doc: redraw(doc, Path(args.replot)),
+                                       needs=("command", "environment", "task", "rows"))))
+        return 0
+    if not args.model or not args.task:
+        p.error("give --task and at least one --model LABEL=DIR (or --replot JSON)")
+    models = labelled_models(p, args.model)
+    check_out(args.out)
+    glue_dir = require_glue_dir(args.glue_dir, [args.task])
     dense_config = prunekit.load_model(next(iter(models.values()))).config
+    if (longest := max(s for _, s in SHAPES)) > dense_config.max_position_embeddings:
+        raise PrunekitError(f"the models take {dense_config.max_position_embeddings} positions; this benchmark times "
+                            f"sequences of {longest}")
+    rows, sessions = score_variants(models, dense_config, args.task, glue_dir, Path(args.cache), args.threads,
+                                    args.runtimes)
+    time_variants(rows, sessions, dense_config.vocab_size, args.threads, args.rounds)
+    doc = {"command": command_line(PROG, argv), "environment": {**environment(args.threads), **runtime_versions(args.runtimes)}, "task": args.task,
+           "rows": rows}
+    md = markdown(doc, Path(args.out).name)
+    write_results(args.out, md, doc)
+    figure(doc, Path(args.out))
+    print(md)
+    return 0
+
+
+def labelled_models(p, given: list[str]) -> dict:
+    """LABEL -> model directory, each checked before any work."""
+    if bad := [m for m in given if "=" not in m]:
+        p.error(f"--model takes LABEL=DIR, not {bad[0]!r}")
+    models = dict(m.split("=", 1) for m in given)
+    if len(models) != len(given):
+        p.error("each --model needs its own label")
+    if missing := [f"{label}={path}" for label, path in models.items() if not Path(path).is_dir()]:
+        raise PrunekitError(f"--model {missing[0]}: model directory not found")
+    return models
+
+
+def score_variants(models: dict, dense_config, task_name: str, glue_dir: str, cache: Path,
+                   threads: int, runtimes=("ort",)) -> tuple[list, dict]:
+    """Every model exported as each variant and scored on the full dev set in each runtime: the rows,
+    and (label, variant, runtime) -> export directory."""
     rows, sessions = [], {}
     for label, path in models.items():
         model = prunekit.load_model(path)
-        task = load_task(args.task, model.tokenizer, glue_dir=glue_dir, with_train=False,
+        task = load_task(task_name, model.tokenizer, glue_dir=glue_dir, with_train=False,
                          labels=trained_labels(model.config))
-        labels = [e["label"] for e in task.dev]
         kept = macs(model.config, seq_len=128)["total"] / macs(dense_config, seq_len=128)["total"]
         for variant, kwargs in VARIANTS.items():
-            out = Path(args.cache) / label / variant.replace(" ", "-")
-            calib = (calibration_feeds(model, path, args.task, glue_dir, 256)
+            out = cache / label / variant.replace(" ", "-")
+            calib = (calibration_feeds(model, path, task_name, glue_dir, CALIBRATION)
                      if kwargs.get("quantize") == "int8-static" else None)
             start = time.perf_counter()
-            report = export_onnx(model, out, optimize=True, overwrite=True, source=path, calibration=calib, **kwargs)
+            report = export_onnx(model, out, optimize=True, overwrite=True, source=path, calibration=calib,
+                                 check_with=tuple(r for r in runtimes if r != "ort"), **kwargs)
             export_s = time.perf_counter() - start
-            metric = score(task, logits_of(OnnxClassifier(out, threads=args.threads), task.dev), labels)
-            rows.append({"model": label, "dir": path, "variant": variant, "macs_kept": round(kept, 3),
-                         "graph_kept": report.get("fusion", {}).get("timing", {}).get("kept"), "export_s": round(export_s, 1),
-                         **metric})
-            sessions[label, variant] = out
-            print(rows[-1], file=sys.stderr, flush=True)
-    dense = (next(iter(models)), "fp32")
-    vocab = dense_config.vocab_size
+            for rt in runtimes:
+                metrics = evaluate_task(open_classifier(out, rt, threads=threads), task, batch_size=64)
+                rows.append({"model": label, "dir": path, "variant": variant, "runtime": rt,
+                             "macs_kept": round(kept, 3), "graph_kept": report.get("fusion", {}).get("timing", {}).get("kept"),
+                             "export_s": round(export_s, 1), **metrics})
+                sessions[label, variant, rt] = out
+                print(rows[-1], file=sys.stderr, flush=True)
+    return rows, sessions
+
+
+def time_variants(rows: list, sessions: dict, vocab: int, threads: int, rounds: int):
+    """P50 and speed-up against the first model's fp32 export, per shape, all sessions interleaved."""
+    dense = key_of(rows[0])
     for b, s in SHAPES:
         batch = synthetic_batch(vocab, b, s)
-        runners = {}
-        for key, out in sessions.items():
-            clf = OnnxClassifier(out, threads=args.threads, spinning=False)
-            feeds = clf.feeds(batch)
-            runners[key] = lambda c=clf, f=feeds: c.session.run([c.output_name], f)
+        runners = {key: make_runner(key[2], None, out, batch, "cpu", threads) for key, out in sessions.items()}
         for run in runners.values():
             warm_up(run, 3, 0.5)
-        times = time_interleaved(runners, args.rounds * (4 if b == 1 else 1))
+        times = time_interleaved(runners, rounds * (4 if b == 1 else 1))
         p50 = {k: summarise(t, b).p50_ms for k, t in times.items()}
         for r in rows:
-            key = (r["model"], r["variant"])
+            key = key_of(r)
             r[f"p50_ms_b{b}_s{s}"] = round(p50[key], 2)
             r[f"speedup_b{b}_s{s}"] = round(p50[dense] / p50[key], 2)
-    env = environment(args.threads)
-    Path(args.out).with_suffix(".json").write_text(json.dumps({"command": "python " + " ".join(sys.argv),
-                                                               "environment": env, "rows": rows}, indent=1))
-    metric_name = main_metric(args.task)
-    base = rows[0][metric_name]
-    lines = ["# Pruning stacked with int8 (ORT CPU)", "",
-             f"`python {' '.join(sys.argv)}`; {env['cpu']}, {args.threads} threads, onnxruntime {env['onnxruntime']}; "
-             f"load average after: {env['load_average']}. Dev {metric_name} of the full dev set through ORT; P50 latency "
-             "over interleaved rounds; speed-up against the dense fp32 model in the same run.", "",
-             f"| model | MACs kept | variant | dev {metric_name} | Δ vs dense fp32 | P50 b1/s128 | speed-up | "
-             "P50 b32/s128 | speed-up |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['macs_kept']:.0%} | {r['variant']} | {100 * r[metric_name]:.2f} | "
-                     f"{100 * (r[metric_name] - base):+.2f} | {r['p50_ms_b1_s128']:.1f} ms | {r['speedup_b1_s128']:.2f}× | "
-                     f"{r['p50_ms_b32_s128']:.1f} ms | {r['speedup_b32_s128']:.2f}× |")
-    lines += ["", f"![accuracy vs speed-up]({Path(args.out).name}-pareto.png)"]
-    Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
-    plot(rows, metric_name, Path(f"{args.out}-pareto.png"))
-    print("\n".join(lines))
 
 
-def plot(rows: list, metric: str, path: Path):
-    """Dev metric (through ORT) against the b32/s128 speed-up: one colour per model, one marker per
-    variant, legends outside the axes, the Pareto front as a line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    colour = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
-    marker = {v: mk for v, mk in zip(VARIANTS, "osD")}
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    for r in rows:
-        ax.scatter(r["speedup_b32_s128"], 100 * r[metric], color=colour[r["model"]], marker=marker[r["variant"]],
-                   s=50, edgecolor="black", linewidth=0.4, zorder=3)
-    front, best = [], -math.inf
-    for r in sorted(rows, key=lambda r: (-r["speedup_b32_s128"], -r[metric])):  # fastest first: kept if more accurate than all faster
-        if 100 * r[metric] > best:
-            best = 100 * r[metric]
-            front.append((r["speedup_b32_s128"], best))
-    ax.plot(*zip(*sorted(front)), color="grey", linestyle="--", linewidth=1, zorder=2, label="Pareto front")
-    ax.set(xlabel="speed-up vs dense fp32, ORT CPU, batch 32 / seq 128", ylabel=f"dev {metric} (ORT)",
-           title="accuracy vs speed-up: pruning x int8")
-    ax.grid(True, alpha=0.3)
-    handles = [Line2D([], [], color=colour[m], marker="o", linestyle="", label=m) for m in models]
-    first = ax.legend(handles=handles, title="model", fontsize=7, title_fontsize=8, loc="upper left",
-                      bbox_to_anchor=(1.02, 1.0))
-    ax.add_artist(first)
-    handles = [Line2D([], [], color="grey", marker=mk, linestyle="", label=v) for v, mk in marker.items()]
-    handles.append(Line2D([], [], color="grey", linestyle="--", label="Pareto front"))
-    second = ax.legend(handles=handles, title="variant", fontsize=7, title_fontsize=8, loc="lower left",
-                       bbox_to_anchor=(1.02, 0.0))
-    fig.savefig(path, dpi=120, bbox_inches="tight", bbox_extra_artists=[first, second])
-    plt.close(fig)
+def key_of(row: dict) -> tuple:
+    """(model, variant, runtime) of a row; rows written before --runtimes existed ran in ORT."""
+    return row["model"], row["variant"], row.get("runtime", "ort")
+
+
+def runtimes_of(rows: list) -> list:
+    return list(dict.fromkeys(r.get("runtime", "ort") for r in rows))
+
+
+def variant_name(row: dict) -> str:
+    return row["variant"] + ("" if row.get("runtime", "ort") == "ort" else f", {row['runtime']}")
+
+
+def markdown(doc: dict, stem: str) -> str:
+    env, rows = doc["environment"], doc["rows"]
+    metric = main_metric(doc["task"])
+    base = rows[0][metric]
+    through = "ORT" if runtimes_of(rows) == ["ort"] else "the row's runtime (ORT unless named)"
+    body = table(["model", "MACs kept", "variant", f"dev {metric}", "Δ vs dense fp32", "P50 b1/s128", "speed-up",
+                  "P50 b32/s128", "speed-up"],
+                 [[r["model"], f"{r['macs_kept']:.0%}", variant_name(r), f"{100 * r[metric]:.2f}",
+                   f"{100 * (r[metric] - base):+.2f}", f"{r['p50_ms_b1_s128']:.1f} ms", f"{r['speedup_b1_s128']:.2f}×",
+                   f"{r['p50_ms_b32_s128']:.1f} ms", f"{r['speedup_b32_s128']:.2f}×"] for r in rows], "lrlrrrrrr")
+    return "\n".join(["# Pruning stacked with int8 (ORT CPU)", "",
+                      f"`{doc['command']}`; {env['cpu']}, {env['threads']} threads, onnxruntime {env['onnxruntime']}; "
+                      f"load average after: {env['load_average']}. Dev {metric} of the full dev set through "
+                      f"{through}; P50 "
+                      "latency over interleaved rounds; speed-up against the dense fp32 model in the same run.", "",
+                      body, "", f"![accuracy vs speed-up]({stem}-pareto.png)"]) + "\n"
+
+
+def figure(doc: dict, out: Path) -> str:
+    """Dev metric (through ORT) against the b32/s128 speed-up, with the Pareto front."""
+    metric = main_metric(doc["task"])
+    points = [{"model": r["model"], "variant": r["variant"], "x": r["speedup_b32_s128"], "y": 100 * r[metric],
+               "hollow": r.get("runtime", "ort") != "ort"} for r in doc["rows"]]
+    return pareto_figure(points, VARIANTS, "speed-up vs dense fp32, ORT CPU, batch 32 / seq 128",
+                         f"dev {metric}" + (" (ORT)" if runtimes_of(doc["rows"]) == ["ort"] else ""),
+                         "accuracy vs speed-up: pruning x int8", Path(f"{out}-pareto.png"))
+
+
+def redraw(doc: dict, json_path: Path) -> list[str]:
+    out = json_path.with_suffix("")
+    return write_results(out, markdown(doc, out.name)) + [figure(doc, out)]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,7 +10,7 @@ and has no code at all for absent sublayers, so a layer with no heads or no FFN 
 The pipeline (export_onnx) works in a temporary directory beside the output (prunekit.io.output_dir)
 that becomes the output only after every check has passed:
     export -> parity (fp32, atol 1e-4) -> [optimize -> head-count check -> parity]
-           -> [int8 or fp16 -> drift figures] -> model.onnx, config.json, tokenizer, export_report.json
+           -> [int8 or fp16 -> drift figures] -> model.onnx, config.json (portable.py), tokenizer, export_report.json
 """
 import copy
 import json
@@ -24,9 +24,10 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from prunekit.errors import PrunekitError
-from prunekit.io import output_dir
+from prunekit.io import check_output, output_dir
 
 from . import optimize as opt
+from . import portable
 from . import quantize as quant
 from . import runtime
 from . import validate
@@ -116,35 +117,47 @@ def check_request(opset, quantize, fp16, device) -> None:
                             "for the CPU use --quantize int8")
 
 
+def check_runtimes(check_with) -> None:
+    """check_with names runtimes other than ORT (which checks every export); each must be installed."""
+    for rt in check_with:
+        if rt not in runtime.RUNTIMES or rt == "ort":
+            raise PrunekitError(f"check_with takes {[r for r in runtime.RUNTIMES if r != 'ort']}, not {rt!r} "
+                                "(ONNX Runtime checks every export)")
+        if rt == "openvino":
+            runtime.openvino_module()  # not installed: say so before any work
+
+
 def check_output_dir(out: Path, overwrite: bool) -> None:
-    """The same rule as prunekit.io.output_dir, checked before any work is done."""
-    if out.exists() and not overwrite:
-        raise PrunekitError(f"{out} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise PrunekitError(f"output {out} is a file, not a directory")
+    """prunekit's one output rule (prunekit.io.check_output), before any work is done."""
+    check_output(out, overwrite=overwrite)
 
 
 def export_onnx(model, out_dir, *, opset: int = DEFAULT_OPSET, optimize: bool = False, quantize: str | None = None,
                 fp16: bool = False, device: str = "cpu", overwrite: bool = False, atol: float = validate.ATOL,
                 keep_fused: bool | None = None, calibration: list[dict] | None = None,
                 external_data_above: int = EXTERNAL_DATA_ABOVE, source: str | None = None,
-                progress: bool = False) -> dict:
+                check_with: tuple[str, ...] = (), progress: bool = False) -> dict:
     """Export, validate and (optionally) optimise and quantise a prunekit model into out_dir.
 
     optimize: ORT's transformer fusion; the fused graph is kept when it runs faster than the plain
     one on the target runtime at batch 32 / sequence 128 (keep_fused=None, the default: both are
     timed, and export_report.json's fusion.timing says which won), or always (keep_fused=True).
+    check_with: other runtimes the shipped model.onnx must run in, e.g. ("openvino",): an fp32
+    graph must meet the same parity there (report["parity"][runtime]), a quantised one has its
+    drift recorded (report["drift"][runtime]).
 
     Raises PrunekitError, with nothing written, when a check fails. Returns the export report
     (also written as out_dir/export_report.json).
     """
     check_request(opset, quantize, fp16, device)
+    check_runtimes(check_with)
     out = Path(out_dir)
     check_output_dir(out, overwrite)
     if device == "cuda":
         runtime.require_cuda()  # before any work: no silent CPU fallback
     config = model.config
     stages = ["export"] + ["optimize"] * optimize + ["int8"] * bool(quantize) + ["fp16"] * fp16
+    lower_precision = bool(quantize) or fp16
     if quantize == "int8-static" and not calibration:
         raise PrunekitError("--quantize int8-static needs calibration examples: give --task (its training data)")
     cases = validate.make_cases(model)  # PyTorch's logits, once
@@ -160,7 +173,7 @@ def export_onnx(model, out_dir, *, opset: int = DEFAULT_OPSET, optimize: bool = 
               "validation": {"inputs": [{"name": c["name"], "shape": list(c["batch"]["input_ids"].shape)} for c in cases],
                              "real_text": model.tokenizer is not None},
               "node_counts": {}, "parity": {}}
-    bar = tqdm(total=2 * len(stages) + 1, desc="export", disable=not progress, leave=False)
+    bar = tqdm(total=2 * len(stages) + 1 + len(check_with), desc="export", disable=not progress, leave=False)
     with output_dir(out, overwrite) as tmp, bar:
         work = tmp / ".work"
         work.mkdir()
@@ -237,6 +250,15 @@ def export_onnx(model, out_dir, *, opset: int = DEFAULT_OPSET, optimize: bool = 
             step("cuda", "drift")
             report["cuda"] = validate.drift(cases, tmp / "model.onnx", "cuda")
 
+        for rt in check_with:  # the same file in another runtime: same parity, or drift for int8 / fp16
+            step(rt, "drift" if lower_precision else "parity")
+            if lower_precision:
+                report.setdefault("drift", {})[rt] = validate.drift(cases, tmp / "model.onnx", runtime=rt)
+            else:
+                report["parity"][rt] = validate.check_parity(cases, tmp / "model.onnx", atol, f"the graph in {rt}",
+                                                             runtime=rt)
+            bar.update()
+
         # 4. the directory a deployer uses: model, config, tokenizer, report
         final = onnx.load(str(tmp / "model.onnx"), load_external_data=False)
         report["node_counts"]["final"] = opt.op_counts(final)
@@ -244,7 +266,9 @@ def export_onnx(model, out_dir, *, opset: int = DEFAULT_OPSET, optimize: bool = 
         report["external_data"] = (tmp / "model.onnx.data").exists()
         report["size_bytes"] = sum(f.stat().st_size for f in tmp.glob("model.onnx*"))
         shutil.rmtree(work)
-        config.to_json_file(str(tmp / "config.json"), use_diff=False)
+        # the base architecture's config (nominal dense sizes, the real structure under "prunekit"):
+        # what transformers, Optimum and pipeline() read on a serving machine without prunekit
+        (tmp / "config.json").write_text(json.dumps(portable.portable_config(config, report["source"]), indent=2) + "\n")
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(str(tmp))
         (tmp / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")

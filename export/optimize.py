@@ -150,8 +150,8 @@ FUSED_MARGIN = 0.03  # the fused graph must be this much faster to be shipped: a
 
 def keep_faster(plain_path, fused_path, config, device: str = "cpu") -> dict:
     """Which graph to ship: the fused one only when it is clearly faster than the plain one on this
-    runtime (by FUSED_MARGIN: ORT's fusion slowed the compact MiniLM models down on CPU, and a race of
-    a few seconds has a few per cent of noise). Returns the timing record."""
+    runtime (by FUSED_MARGIN: fusion does not always pay on pruned models, bench/results/optimize_race.md,
+    and a race of a few seconds has noise). Returns the timing record."""
     ms = time_graphs({"plain": plain_path, "fused": fused_path}, config, device=device)
     kept = "fused" if ms["fused"] <= (1 - FUSED_MARGIN) * ms["plain"] else "plain"
     return {"kept": kept, "plain_ms": round(ms["plain"], 3), "fused_ms": round(ms["fused"], 3),

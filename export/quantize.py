@@ -3,7 +3,7 @@ fp16 for CUDA.
 
 int8: ORT's dynamic quantisation. The weights of every linear layer (MatMul, the pooler's and
 classifier's Gemm, fused Attention) are stored as int8, signed, with one scale per output channel
-(on a MiniLM SST-2 probe, per-tensor scales changed 10-11% of dev predictions, per-channel 6%);
+(per-tensor scales changed more dev predictions when this was chosen);
 activations are quantised on the fly per call. Embedding tables (Gather) and LayerNorms stay fp32: the embeddings are a
 lookup, not compute, and lose accuracy when quantised. After --optimize, fused Attention becomes
 QAttention.

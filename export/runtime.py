@@ -1,6 +1,7 @@
-"""Running an exported model with ONNX Runtime: OnnxClassifier takes the same batch dict as the
-PyTorch model and returns logits, on the CPU provider or, with device="cuda", on the CUDA provider
-with IO binding.
+"""Running an exported model: OnnxClassifier (ONNX Runtime) and OpenVinoClassifier (OpenVINO, an
+optional extra) take the same batch dict as the PyTorch model and return logits; open_classifier
+picks one by name. ORT runs on the CPU provider or, with device="cuda", on the CUDA provider with IO
+binding; OpenVINO on the CPU, in fp32.
 
 ONNX Runtime falls back to the CPU provider without failing when CUDA cannot start (missing
 libcublas/cudnn, no GPU); it only logs. Here that is an error: asking for CUDA and getting the
@@ -87,28 +88,17 @@ def as_numpy(value, dtype=np.int64) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(value), dtype=dtype)
 
 
-class OnnxClassifier:
-    """An exported prunekit model behind the PyTorch model's calling convention.
+class Classifier:
+    """What every runtime wrapper shares: the batch dict -> the graph's feeds, and __call__ -> logits.
+    A subclass sets path, input_names and output_name and implements run(feeds) -> np.ndarray."""
 
-        clf = OnnxClassifier("out/", device="cpu", threads=2)
-        logits = clf({"input_ids": ..., "attention_mask": ..., "token_type_ids": ...})  # (B, num_labels)
+    path: Path
+    input_names: list[str]
 
-    Extra keys in the batch (labels, ...) are ignored; a missing token_type_ids means all zeros.
-    """
-
-    def __init__(self, path, device: str = "cpu", threads: int | None = None, spinning: bool = True):
-        self.path = onnx_file(path)
-        self.device = device
-        self.session = new_session(self.path, device, threads, spinning)
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_name = self.session.get_outputs()[0].name
+    def check_inputs(self) -> None:
         unknown = set(self.input_names) - set(INPUT_NAMES)
         if unknown:
             raise PrunekitError(f"{self.path} has inputs {sorted(unknown)} that a BERT classifier does not take")
-
-    @property
-    def providers(self) -> list[str]:
-        return self.session.get_providers()
 
     def feeds(self, batch) -> dict:
         if "input_ids" not in batch:
@@ -124,11 +114,38 @@ class OnnxClassifier:
                 out[name] = np.ones_like(ids)
         return out
 
+    def run(self, feeds: dict) -> np.ndarray:
+        raise NotImplementedError
+
     def __call__(self, batch) -> torch.Tensor:
-        feeds = self.feeds(batch)
+        return torch.from_numpy(self.run(self.feeds(batch)))
+
+
+class OnnxClassifier(Classifier):
+    """An exported prunekit model behind the PyTorch model's calling convention.
+
+        clf = OnnxClassifier("out/", device="cpu", threads=2)
+        logits = clf({"input_ids": ..., "attention_mask": ..., "token_type_ids": ...})  # (B, num_labels)
+
+    Extra keys in the batch (labels, ...) are ignored; a missing token_type_ids means all zeros.
+    """
+
+    def __init__(self, path, device: str = "cpu", threads: int | None = None, spinning: bool = True):
+        self.path = onnx_file(path)
+        self.device = device
+        self.session = new_session(self.path, device, threads, spinning)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_name = self.session.get_outputs()[0].name
+        self.check_inputs()
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def run(self, feeds: dict) -> np.ndarray:
         if self.device == "cuda":
-            return torch.from_numpy(self._run_cuda(feeds))
-        return torch.from_numpy(self.session.run([self.output_name], feeds)[0])
+            return self._run_cuda(feeds)
+        return self.session.run([self.output_name], feeds)[0]
 
     def _run_cuda(self, feeds) -> np.ndarray:
         # IO binding: inputs are copied to the GPU once and the output stays there until the copy
@@ -141,13 +158,87 @@ class OnnxClassifier:
         return binding.copy_outputs_to_cpu()[0]
 
 
+def openvino_module():
+    """openvino, or a PrunekitError saying how to install it (it is an optional extra)."""
+    try:
+        import openvino
+    except ImportError as e:
+        raise PrunekitError("OpenVINO is not installed: pip install 'prunekit[openvino]'") from e
+    return openvino
+
+
+class OpenVinoClassifier(Classifier):
+    """The same model.onnx run by OpenVINO's CPU plugin, behind the same calling convention.
+
+        clf = OpenVinoClassifier("out/", threads=2)
+        logits = clf(batch)
+
+    OpenVINO reads the ONNX file itself (plain, ORT-fused or int8 graphs) and compiles it for the
+    CPU with dynamic batch and sequence. Settings, each for a reason:
+      INFERENCE_PRECISION_HINT f32  on CPUs with native bf16 (AVX-512 BF16, AMX) OpenVINO's default is
+                                    bf16: logits would miss the fp32 parity and depend on the CPU
+                                    (measured: bench/results/openvino.md)
+      PERFORMANCE_HINT LATENCY, one stream: one request at a time, as ORT's session is timed
+      INFERENCE_NUM_THREADS         = threads, when given (ORT's intra_op_num_threads)
+    """
+
+    def __init__(self, path, threads: int | None = None):
+        ov = openvino_module()
+        self.path = onnx_file(path)
+        self.device = "cpu"
+        properties = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if threads is not None:
+            properties["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        try:
+            self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", properties)
+        except Exception as e:  # OpenVINO raises RuntimeError / GeneralFailure / OpConversionFailure
+            raise PrunekitError(f"OpenVINO cannot load {self.path}: {str(e).strip().splitlines()[0]}") from e
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+        self.output = self.compiled.outputs[0]
+        self.output_name = self.output.get_any_name()
+        self.check_inputs()
+        self.version = ov.__version__.split("-")[0]
+
+    @property
+    def providers(self) -> list[str]:
+        return [f"OpenVINO {self.version} CPU ({self.compiled.get_property('INFERENCE_PRECISION_HINT').get_type_name()})"]
+
+    def run(self, feeds: dict) -> np.ndarray:
+        # the request's output tensor is reused by the next run: copy it out
+        return np.array(self.request.infer(feeds)[self.output], copy=True)
+
+
+RUNTIMES = ("ort", "openvino")
+RUNTIME_NAMES = {"ort": "ONNX Runtime", "openvino": "OpenVINO"}
+
+
+def runtime_versions(runtimes) -> dict:
+    """Versions of the runtimes named beyond ORT (which prunekit.benchmark.environment records)."""
+    return {"openvino": openvino_module().__version__} if "openvino" in runtimes else {}
+
+
+def open_classifier(path, runtime: str = "ort", device: str = "cpu", threads: int | None = None,
+                    spinning: bool = True) -> Classifier:
+    """model.onnx (a directory or the file) in the named runtime: ONNX Runtime (CPU or CUDA) or
+    OpenVINO (CPU). spinning applies to ORT only (OpenVINO's threads do not busy-wait)."""
+    if runtime == "ort":
+        return OnnxClassifier(path, device, threads, spinning)
+    if runtime != "openvino":
+        raise PrunekitError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+    if device != "cpu":
+        raise PrunekitError(f"prunekit runs OpenVINO on the CPU only, not on {device!r}")
+    return OpenVinoClassifier(path, threads)
+
+
 def onnx_predictor(model_dir, device: str = "cpu"):
     """What `prunekit eval` scores for an export directory: (OnnxClassifier, tokenizer, config)."""
-    from prunekit.checkpoints import read_config
-    from prunekit.config import PrunekitBertConfig
     from prunekit.tokenizer import load_tokenizer, require_tokenizer
+
+    from .portable import exported_config
     model_dir = Path(model_dir)
-    config = PrunekitBertConfig.from_dict(read_config(model_dir))
+    config = exported_config(model_dir)
     tokenizer = require_tokenizer(load_tokenizer(model_dir), model_dir, "evaluation reads text")
     report = model_dir / "export_report.json"
     if device != "cuda" and report.is_file() and json.loads(report.read_text()).get("variant") == "fp16":

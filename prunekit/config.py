@@ -21,7 +21,48 @@ test_architectures.py):
   pooler_activation         tanh (BERT, RoBERTa's head), gelu (ELECTRA's head), relu (DistilBERT's pre_classifier)
   pooler_input_dropout      RoBERTa and ELECTRA heads drop out the first token before their dense layer
 """
+import math
+from numbers import Integral, Real
+
 from transformers import PretrainedConfig
+
+from .errors import PrunekitError
+
+ARCHS = ("bert", "roberta", "distilbert", "electra")   # where the weights may come from
+
+
+def whole(v) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
+def finite(v) -> bool:
+    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def one_of(*choices):
+    return (lambda v: isinstance(v, str) and v in choices), "one of " + ", ".join(choices)
+
+
+def or_null(rule):
+    return (lambda v: v is None or rule[0](v)), rule[1] + " or null"
+
+
+POSITIVE = (lambda v: whole(v) and v > 0), "a positive whole number"
+PROBABILITY = (lambda v: finite(v) and 0 <= v < 1), "a probability in [0, 1)"
+FLAG = (lambda v: isinstance(v, bool)), "true or false"
+# field -> (test, what it must be), checked in this order after the per-layer lists
+FIELD_RULES = {
+    "hidden_size": POSITIVE, "head_dim": POSITIVE, "vocab_size": POSITIVE, "max_position_embeddings": POSITIVE,
+    "pooler_size": POSITIVE, "embedding_size": or_null(POSITIVE),
+    "type_vocab_size": ((lambda v: whole(v) and v >= 0), "a whole number >= 0"),
+    "layer_norm_eps": ((lambda v: finite(v) and v > 0), "a positive number"),
+    "hidden_dropout_prob": PROBABILITY, "attention_probs_dropout_prob": PROBABILITY,
+    "classifier_dropout": or_null(PROBABILITY),
+    "initializer_range": ((lambda v: finite(v) and v >= 0), "a number >= 0"),
+    "arch": one_of(*ARCHS), "pooler_activation": one_of("tanh", "gelu", "relu"),
+    "position_embedding_type": one_of("absolute", "sinusoidal"),
+    "positions_from_padding": FLAG, "pooler_input_dropout": FLAG,
+}
 
 
 class PrunekitBertConfig(PretrainedConfig):
@@ -54,12 +95,9 @@ class PrunekitBertConfig(PretrainedConfig):
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.head_dim = head_dim
-        self.num_heads = list(num_heads) if num_heads is not None else [12] * 6
-        self.ffn_dim = list(ffn_dim) if ffn_dim is not None else [1536] * 6
-        if len(self.num_heads) != len(self.ffn_dim):
-            raise ValueError(f"num_heads has {len(self.num_heads)} layers but ffn_dim has {len(self.ffn_dim)}")
-        if any(h < 0 for h in self.num_heads) or any(f < 0 for f in self.ffn_dim) or hidden_size < 1:
-            raise ValueError("head counts and FFN widths must be >= 0 and hidden_size >= 1")
+        as_list = lambda v, default: default if v is None else (list(v) if isinstance(v, (list, tuple)) else v)
+        self.num_heads = as_list(num_heads, [12] * 6)
+        self.ffn_dim = as_list(ffn_dim, [1536] * 6)
         self.pooler_size = pooler_size if pooler_size is not None else hidden_size
         given = dict(max_position_embeddings=max_position_embeddings, type_vocab_size=type_vocab_size,
                      layer_norm_eps=layer_norm_eps, hidden_dropout_prob=hidden_dropout_prob,
@@ -69,10 +107,32 @@ class PrunekitBertConfig(PretrainedConfig):
                      pooler_activation=pooler_activation, pooler_input_dropout=pooler_input_dropout)
         for name, value in given.items():  # kept as given: the config.json of a model says it all
             setattr(self, name, value)
-        if pooler_activation not in ("tanh", "gelu", "relu") or position_embedding_type not in ("absolute", "sinusoidal"):
-            raise ValueError(f"unknown pooler_activation {pooler_activation!r} or position_embedding_type "
-                             f"{position_embedding_type!r}")
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.check()
+
+    def check(self) -> None:
+        """Refuse a config the model cannot be built from, or would be built from wrongly, naming the
+        first field at fault (a PrunekitError, one line): a hand-edited config.json meets this before
+        any weight is read."""
+        heads, ffn = self.num_heads, self.ffn_dim
+        if not (isinstance(heads, list) and isinstance(ffn, list) and heads and len(heads) == len(ffn)):
+            raise PrunekitError(f"num_heads and ffn_dim must be lists of one entry per layer, of the same length "
+                                f"(got {heads!r} and {ffn!r})")
+        if not all(whole(n) and n >= 0 for n in heads + ffn):
+            raise PrunekitError("head counts and FFN widths must be whole numbers >= 0")
+        layers = getattr(self, "num_hidden_layers", None)  # not prunekit's, but a config.json may carry it
+        if layers is not None and layers != len(heads):
+            raise PrunekitError(f"num_hidden_layers is {layers!r} but num_heads and ffn_dim list {len(heads)} layers")
+        for key, (test, what) in FIELD_RULES.items():
+            if not test(getattr(self, key)):
+                raise PrunekitError(f"{key} must be {what}, got {getattr(self, key)!r}")
+        pad = self.pad_token_id
+        if not ((pad is None and not self.positions_from_padding) or (whole(pad) and 0 <= pad < self.vocab_size)):
+            raise PrunekitError(f"pad_token_id must be a token id below vocab_size {self.vocab_size}, got {pad!r}")
+        if self.longest_sequence < 2:
+            raise PrunekitError(f"max_position_embeddings {self.max_position_embeddings} leaves no room for a sequence")
+        if self.num_labels < 1:
+            raise PrunekitError("a classifier needs at least one label (num_labels / id2label)")
 
     @property
     def num_layers(self) -> int:

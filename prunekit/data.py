@@ -229,21 +229,23 @@ def encode(tokenizer, texts_a, texts_b, labels, max_length: int) -> list[dict]:
 
 
 def load_task(task: str, tokenizer, glue_dir=None, max_length: int = 128, train_file=None, dev_file=None,
-              text_columns=None, label_column=None, max_train_samples=None, labels=None,
+              text_columns=None, label_column=None, max_train_samples=None, labels=None, label_list=None,
               with_train: bool = True) -> Task:
     """Read, check and tokenise a task's train and dev sets.
 
     task: a GLUE name ('sst2', 'SST-2', 'mnli', ...) or, with train_file/dev_file, any name for
     custom data. GLUE data comes from glue_dir (default: $GLUE_DIR) or else from HF datasets.
     Custom data: text_columns (one or two names) and label_column (default 'label'); the label set
-    is `labels` when given (e.g. from a trained model's config) or else the sorted values seen in the
-    training file. A GLUE name with custom files keeps that task's columns, label set and metrics.
+    is `labels` when given (e.g. from a trained model's config), else the user's `label_list`
+    (--label-list), else the sorted values seen in the training file, unless they look like text
+    (infer_labels). A GLUE name with custom files keeps that task's columns, label set and metrics.
     Either split may be absent for custom data (train_file only, or dev_file only for evaluation).
     max_train_samples keeps the first N training examples; with_train=False reads the dev sets only.
     """
     if max_length < 2:
         raise PrunekitError(f"max_length must be at least 2, got {max_length}")
     spec = GLUE.get(canonical_task(task) or "")
+    labels = chosen_labels(spec, labels, label_list)
     if train_file or dev_file:
         texts, label_col, names, is_regression = custom_layout(spec, text_columns, label_column, labels)
         raw = {}
@@ -296,8 +298,32 @@ def custom_layout(spec, text_columns, label_column, labels):
     return texts, label_col, names, is_regression
 
 
+def chosen_labels(spec: GlueSpec | None, labels, label_list) -> list | None:
+    """The label names given to load_task: a trained model's (`labels`) or the user's (`label_list`);
+    when both are given, or a GLUE task has its own, they must agree."""
+    if not label_list:
+        return labels
+    label_list = [str(n).strip() for n in label_list]
+    shown = ",".join(label_list)
+    if len(set(label_list)) != len(label_list) or "" in label_list:
+        raise PrunekitError(f"--label-list {shown} must name distinct, non-empty labels")
+    if labels and list(labels) != label_list:
+        raise PrunekitError(f"--label-list {shown} differs from the labels the model was trained with "
+                            f"({', '.join(labels)})")
+    if spec is not None and (spec.labels is None or list(spec.labels) != label_list):
+        has = "is a regression task" if spec.labels is None else f"has the labels {', '.join(spec.labels)}"
+        raise PrunekitError(f"--label-list {shown} does not fit task {spec.name}: it {has}")
+    return label_list
+
+
+# A label column whose values are mostly unique, or too many, is text (a wrong --label-column), not labels:
+MAX_LABELS = 1000        # far above real label sets (GLUE: 2-3; intent sets such as CLINC150: 150)
+FEW_LABELS = 20          # up to this many distinct values are a label set however few the rows
+
+
 def infer_labels(rows, label_column, path) -> list[str]:
-    """The label set of a custom training file: its distinct values, numeric order when all are ints."""
+    """The label set of a custom training file: its distinct values, numeric order when all are ints.
+    Values that look like text (MAX_LABELS, FEW_LABELS) are refused: pass --label-list to insist."""
     values = set()
     for line, row in rows:
         if row.get(label_column) is None:
@@ -308,6 +334,11 @@ def infer_labels(rows, label_column, path) -> list[str]:
     if len(values) < 2:
         raise PrunekitError(f"{path}: the label column {label_column!r} has {len(values)} distinct value(s); "
                             "classification needs at least 2")
+    if len(values) > MAX_LABELS or (len(values) > FEW_LABELS and len(values) > len(rows) / 2):
+        shown = ", ".join(repr(v if len(v) <= 30 else v[:27] + "...") for v in sorted(values)[:3])
+        raise PrunekitError(f"{path}: the label column {label_column!r} has {len(values)} distinct values in "
+                            f"{len(rows)} rows ({shown}, ...): that looks like text, not labels; name the label "
+                            "column with --label-column, or give the labels with --label-list to use these")
     is_int = all(v.lstrip("-").isdigit() for v in values)
     return sorted(values, key=int) if is_int else sorted(values)
 
@@ -330,6 +361,11 @@ def read_glue_dir(spec: GlueSpec, glue_dir: Path, with_train: bool = True) -> di
 
 def read_glue_hub(spec: GlueSpec, with_train: bool = True) -> dict:
     """The same through HF datasets (`glue`, config), for users who have the hub and no GLUE_DIR."""
+    from . import hub
+    why = None if hub.offline() else hub.unreachable()  # offline, datasets answers from its cache at once
+    if why:
+        raise PrunekitError(f"no GLUE_DIR set and HF datasets cannot fetch glue/{spec.name} ({why}); set GLUE_DIR "
+                            "to a glue_data directory (or HF_HUB_OFFLINE=1 to use datasets' cache)")
     try:
         import datasets
         ds = datasets.load_dataset("glue", spec.name)

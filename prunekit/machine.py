@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import PrunekitError
+
 
 @lru_cache(maxsize=1)
 def _cpuinfo() -> str:
@@ -57,7 +59,6 @@ def native_bf16(device) -> bool:
 def check_precision(precision: str, device) -> None:
     """--precision bf16 on a GPU without bf16 (compute capability < 8.0) is an error, named with the GPU.
     (On a CPU without native bf16 it runs, emulated and slower: bf16 is asked for, not chosen.)"""
-    from .errors import PrunekitError
     device = torch.device(device)
     if precision == "bf16" and device.type == "cuda" and not native_bf16(device):
         major, minor = torch.cuda.get_device_capability(device)

@@ -42,6 +42,7 @@ from .config import PrunekitBertConfig
 from .errors import PrunekitError
 from .io import staged_into
 from .tokenizer import load_tokenizer
+from .weights import check_before_load, check_finite
 
 
 @dataclass
@@ -66,11 +67,11 @@ def triton_unusable(device, head_dim: int) -> str | None:
         import triton  # noqa: F401
     except ImportError:
         return "--kernels triton needs the triton package"
-    from .kernels.tuning import INTERPRETING, unsupported_gpu
+    from prunekit.kernels.tuning import INTERPRETING, unsupported_gpu  # imports triton
     cuda = torch.device(device).type == "cuda"
     if not (cuda or INTERPRETING):
         return "--kernels triton runs on CUDA GPUs; use torch (or auto) on the CPU"
-    from .kernels.attention import HEAD_DIMS
+    from prunekit.kernels.attention import HEAD_DIMS  # imports triton
     if head_dim not in HEAD_DIMS:
         return (f"--kernels triton tiles head dims {', '.join(map(str, HEAD_DIMS))}; this model's is {head_dim}: "
                 "use --kernels torch")
@@ -79,10 +80,9 @@ def triton_unusable(device, head_dim: int) -> str | None:
 
 
 def resolve_kernels(kernels: str, device, head_dim: int = 64) -> str:
-    """'auto' -> 'triton' on a CUDA GPU the kernels run on, else the eager 'torch' path (on this
-    project's CPU, SDPA measured slower than eager attention for MiniLM training steps:
-    bench/results/train_speed_paths.md); a 'triton' that cannot run here is an error now rather than
-    at the first step."""
+    """'auto' -> 'triton' on a CUDA GPU the kernels run on, else the eager 'torch' path (SDPA is not the
+    CPU's fast path: bench/results/train_speed_paths.md); a 'triton' that cannot run here is an error now
+    rather than at the first step."""
     if kernels not in KERNELS:
         raise PrunekitError(f"kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
     if kernels == "auto":
@@ -91,19 +91,6 @@ def resolve_kernels(kernels: str, device, head_dim: int = 64) -> str:
     if kernels == "triton" and (problem := triton_unusable(device, head_dim)):
         raise PrunekitError(problem)
     return kernels
-
-
-def check_speed_options(kernels: str | None, precision: str | None, device, model: str | None = None) -> None:
-    """--kernels and --precision against this machine, before any model or data is loaded (the head
-    dim comes from the model's config.json when `model` names one)."""
-    from .machine import check_precision
-    if precision:
-        check_precision(precision, device)
-    if kernels == "triton" and model is not None:
-        from .checkpoints import config_of, resolve
-        resolve_kernels(kernels, device, config_of(resolve(model)).head_dim)
-    elif kernels:
-        resolve_kernels(kernels, device)
 
 
 def masked_layer_norm(x: torch.Tensor, norm: nn.LayerNorm, keep: torch.Tensor | None) -> torch.Tensor:
@@ -404,12 +391,17 @@ class PrunekitBertForSequenceClassification(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Rebuild a (compact) model from its own config; the dense model is never needed. Weights are
-        read from safetensors only: a pickle (pytorch_model.bin) is never loaded, even beside other
-        .safetensors files such as masks.safetensors."""
+        read from safetensors only and nothing is ever unpickled: an index (or config.json's
+        transformers_weights) naming a pickle is refused before transformers reads anything, as are
+        weights that do not fit the config (missing, unexpected, misshapen: weights.check_fit), and
+        after loading every weight must be finite. Each problem is a one-line PrunekitError."""
         if kwargs.get("use_safetensors") is False:
             raise ValueError("prunekit models load from safetensors only (use_safetensors=False is refused)")
         kwargs["use_safetensors"] = True
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        check_before_load(cls, pretrained_model_name_or_path, kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if kwargs.get("output_loading_info") else loaded  # (model, loading info) then
+        check_finite(pretrained_model_name_or_path, model.state_dict())
         if os.path.isdir(pretrained_model_name_or_path):
             model.tokenizer = load_tokenizer(pretrained_model_name_or_path)
-        return model
+        return loaded

@@ -11,9 +11,11 @@ model's forward (model(x, masks=masks)) up to float rounding. Where each mask go
                    with ELECTRA's embedding projection: its rows (the embeddings themselves stay).
 Then zero heads, zero FFN units, dead sublayers (gate zero or no unit left) and zero hidden dims are
 dropped; everything reading the residual stream (Q, K, V, W_up, pooler) loses those input columns.
+compact_vs_masked(compact, model, masks, examples) measures how far the two are apart on real inputs.
 """
 import torch
 
+from .data import collate
 from .errors import PrunekitError
 from .masks import Masks
 
@@ -24,6 +26,9 @@ def _nonzero(t):
 
 @torch.no_grad()
 def prune(model, masks: Masks):
+    """The compact model for `masks` (see the module docstring). One function on purpose, though long:
+    its helpers (norm, linear, sublayer) share the source weights and the kept hidden dims, and its body
+    reads in the model's order (embeddings, layers, pooler, classifier) like the map above."""
     cfg = model.config
     masks.validate(cfg)
     src = model.state_dict()
@@ -129,3 +134,13 @@ def check_finite_outputs(model) -> None:
     if not torch.isfinite(logits).all():
         raise PrunekitError("the mask values make the pruned model's outputs inf or NaN (e.g. scales of 1e38): "
                             "refusing to save it")
+
+
+@torch.no_grad()
+def compact_vs_masked(compact, model, masks: Masks, examples: list, device) -> float:
+    """Max abs logit difference between the compact model and the masked dense model on a batch of
+    examples (data.collate's format): surgery's promise, checked on the run's own data."""
+    batch = collate(examples)
+    batch.pop("labels", None)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    return (compact(**batch).logits - model(**batch, masks=masks.to(device)).logits).abs().max().item()

@@ -1,61 +1,50 @@
 """The fine-tuned teacher a compression method starts from: loading it with its task, and the checks
 both methods make (labels that match the data, a classifier that was trained, a dev metric above
 chance)."""
-import sys
-from pathlib import Path
-
 import torch
 
-from .errors import PrunekitError
+from .checkpoints import BODY_PREFIX, HF_ARCHS, hf_key_map, read_config, read_weights, resolve
+from .data import load_task
+from .evaluation import DEFAULT_MAX_LENGTH, check_labels, load_text_model, resolve_max_length, trained_labels
+from .progress import Warnings
 
 
-def check_output(output, overwrite: bool) -> None:
-    """Refuse an existing output before minutes of work, not after."""
-    out = Path(output)
-    if out.exists() and not overwrite:
-        raise PrunekitError(f"{output} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise PrunekitError(f"--output {output} is a file")
-
-
-def load_teacher_and_task(teacher: str, task_name: str, data: dict, purpose: str, default_max_length: int = 128):
+def load_teacher_and_task(teacher: str, task_name: str, data: dict, purpose: str,
+                          default_max_length: int = DEFAULT_MAX_LENGTH, warnings: Warnings | None = None):
     """(model, task, warnings): the teacher, and the task's data tokenised by its tokenizer with its
     label names. A label count or label names that differ from the data's are an error; an HF
-    checkpoint without classifier weights (so not fine-tuned) is a warning, printed at once.
+    checkpoint without classifier weights (so not fine-tuned) is a warning.
     data["max_length"] is set to the length used (given, or the default cut to the model's limit)."""
-    from .checkpoints import BODY_PREFIX, HF_ARCHS, hf_key_map, load_model, read_config, read_weights, resolve
-    from .data import load_task
-    from .tokenizer import require_tokenizer
-    from .training import check_labels, resolve_max_length, trained_labels
-    warnings = []
+    warnings = Warnings() if warnings is None else warnings
     path = resolve(teacher)
     arch = read_config(path).get("model_type")
     if arch in HF_ARCHS and hf_key_map(arch, 1)["classifier.weight"] not in {
             k.removeprefix(BODY_PREFIX[arch]) for k in read_weights(path)}:
-        warnings.append(f"{teacher} has no classifier weights: its classifier is freshly initialised, so it is not "
-                        f"fine-tuned; {purpose} needs a fine-tuned teacher")
-    model = load_model(teacher)
-    require_tokenizer(model.tokenizer, teacher, f"{purpose} reads the task's text")
+        warnings.warn(f"{teacher} has no classifier weights: its classifier is freshly initialised, so it is not "
+                      f"fine-tuned; {purpose} needs a fine-tuned teacher")
+    model = load_text_model(teacher, f"{purpose} reads the task's text")
     data["max_length"] = resolve_max_length(model.config, data.get("max_length"), default_max_length, teacher)
     task = load_task(task_name, model.tokenizer, labels=trained_labels(model.config), **data)
     check_labels(model.config, task)
-    from .distributed import is_main
-    for w in warnings if is_main() else []:
-        print(f"warning: {w}", file=sys.stderr)
     return model, task, warnings
 
 
-def warn_if_not_fine_tuned(task, metrics: dict, warnings: list, purpose: str = "post-training pruning"):
+def warn_if_not_fine_tuned(task, metrics: dict, warnings: Warnings, purpose: str = "post-training pruning",
+                           loud: bool = False):
     """A teacher at chance level on dev was probably never fine-tuned for this task (a user report
-    on the post-training reference: a pre-trained checkpoint given as the teacher)."""
+    on the post-training reference: a pre-trained checkpoint given as the teacher). loud: in capitals
+    (hours of CoFi distillation from a teacher at chance teach nothing)."""
+    message = None
     if task.is_regression:
         if not metrics.get("spearman", 0) > 0.1:
-            warnings.append(f"the teacher's dev spearman is {metrics.get('spearman', float('nan')):.3f}: "
-                            f"is it fine-tuned on this task? {purpose} needs a fine-tuned teacher")
-        return
-    counts = torch.bincount(torch.tensor([e["label"] for e in task.dev]), minlength=task.num_labels)
-    majority = float(counts.max()) / len(task.dev)
-    acc = metrics.get("accuracy")
-    if acc is not None and acc <= majority + 0.02:
-        warnings.append(f"the teacher's dev accuracy {acc:.3f} is at chance (majority class {majority:.3f}): "
-                        f"is it fine-tuned on this task? {purpose} needs a fine-tuned teacher")
+            message = (f"the teacher's dev spearman is {metrics.get('spearman', float('nan')):.3f}: is it fine-tuned "
+                       f"on this task? {purpose} needs a fine-tuned teacher")
+    else:
+        counts = torch.bincount(torch.tensor([e["label"] for e in task.dev]), minlength=task.num_labels)
+        majority = float(counts.max()) / len(task.dev)
+        acc = metrics.get("accuracy")
+        if acc is not None and acc <= majority + 0.02:
+            message = (f"the teacher's dev accuracy {acc:.3f} is at chance (majority class {majority:.3f}): is it "
+                       f"fine-tuned on this task? {purpose} needs a fine-tuned teacher")
+    if message:
+        warnings.warn(message.upper() if loud else message)

@@ -1,13 +1,14 @@
-"""Fine-tuning and evaluation: the loop that makes a task teacher, and dev-set scoring.
+"""Fine-tuning: the loop that makes a task teacher, and that distillation (prunekit.distill) and CoFi
+build on.
 
-- evaluate(predict, examples, task_name): scores any `predict(batch) -> logits`, so the same code
-  scores a PyTorch model, masked or not (torch_predictor), or an ONNX Runtime session.
-- Trainer: AdamW with linear warm-up and decay (transformers' schedule), gradient clipping, dev
-  evaluation every `eval_every` steps (default: each epoch), the best model kept, and a resumable
-  checkpoint in <output>/last. CoFi reuses it by overriding train_step() (its own optimisers for the
-  gates and lambda), evaluate(), eligible() and the hooks for what a checkpoint holds (optimizers(),
-  checkpoint_module(), extra_state(), snapshot_best() / write_best() / read_best()). Under torchrun
-  each process trains on its share of every batch (prunekit.distributed).
+Trainer: AdamW with linear warm-up and decay (transformers' schedule), gradient clipping, dev
+evaluation every `eval_every` steps (default: each epoch), the best model kept, and a resumable
+checkpoint in <output>/last. A subclass changes what is learned through loss() or train_step(),
+trainable() (what the model optimiser owns), optimizers() and step_optimizers(), evaluate(),
+eligible(), and the hooks for what a checkpoint holds (checkpoint_module(), extra_state(),
+snapshot_best() / write_best() / read_best()). Under torchrun each process trains on its share of
+every batch (prunekit.distributed). With output=None nothing is written: the kept state stays in
+memory (best_state).
 
 Output directory of a run:
   config.json, model.safetensors, tokenizer files   the best model (by the task's main metric), written
@@ -33,153 +34,76 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from . import distributed
-from .data import Task, batch_indices, collate
+from .checkpoints import config_of, load_model, resolve
+from .data import Task, batch_indices, collate, load_task
 from .errors import PrunekitError
-from .io import output_dir, write_json
+from .evaluation import EVAL_BATCH_SIZE, evaluate_task, resolve_max_length, set_task_labels, torch_predictor
+from .io import INCOMPLETE, check_output, output_dir, write_json
 from .machine import keep_freed_memory
-from .metrics import compute_metrics, main_metric
+from .metrics import main_metric
+from .model import KERNELS
+from .options import COUNT, RATE, SEED, Range, check_options, option
+from .progress import bar_interval
+from .rundir import claim_output, data_inputs, mark_incomplete, started
 from .timing import Stopwatch
+from .tokenizer import load_tokenizer, require_tokenizer
 
 LAST = "last"
-INCOMPLETE = "INCOMPLETE"  # in a run directory while the run is under way: it is not a finished model
+SAVE_EVERY_CAP = 200   # steps between resume checkpoints at most: an interruption loses minutes, not an epoch
+PRECISIONS = ("fp32", "bf16")
 # settings that must not change between a run and its resumption
 RESUME_KEYS = ("epochs", "lr", "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm", "seed", "max_steps",
                "group_by_length")
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def bar_interval() -> float:
-    """Seconds between progress-bar updates: live on a terminal, sparse in a log file (nohup)."""
-    return 1 if sys.stderr.isatty() else 30
-
-
-def torch_predictor(model, device="cpu", masks=None):
-    """predict(batch) -> logits on the CPU, for a PyTorch model (in eval mode while it runs), under
-    `masks` when given (the masked model)."""
-    masks = None if masks is None else masks.to(device)
-
-    def predict(batch):
-        model.eval()
-        with torch.no_grad():
-            return model(**{k: v.to(device) for k, v in batch.items()}, masks=masks).logits.float().cpu()
-    return predict
-
-
-def evaluate(predict, examples, task_name: str, batch_size: int = 128, progress: bool = True) -> dict:
-    """Run `predict` over `examples` and score the predictions with the task's GLUE metrics.
-
-    predict gets input_ids, attention_mask and token_type_ids (no labels) and returns (B, C)
-    logits, as a tensor or anything torch.as_tensor takes (an ORT output). Examples are batched in
-    length order, which pads little, and the logits are put back in the examples' order.
-    """
-    if not examples:
-        raise PrunekitError(f"{task_name}: no examples to evaluate")
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
-    logits = [None] * len(examples)
-    with torch.no_grad():
-        for start in tqdm(range(0, len(order), batch_size), desc=f"eval {task_name}", unit="batch", leave=False,
-                          disable=not progress or len(order) <= batch_size, mininterval=bar_interval()):
-            idx = order[start:start + batch_size]
-            batch = collate([examples[i] for i in idx])
-            batch.pop("labels", None)
-            out = torch.as_tensor(predict(batch)).float()   # (B, C)
-            for i, row in zip(idx, out):
-                logits[i] = row
-    labels = torch.tensor([e["label"] for e in examples])
-    return compute_metrics(task_name, torch.stack(logits), labels)
-
-
-def dev_suffix(name: str) -> str:
-    """Key suffix for a secondary dev set's metrics: GLUE's '_mm' for MNLI mismatched."""
-    return "_mm" if name == "dev_mismatched" else f"_{name}"
-
-
-def evaluate_task(predict, task: Task, batch_size: int = 128, progress: bool = True) -> dict:
-    """All dev sets of a task in one flat dict: the primary set's metrics under their own names,
-    the others with a suffix (MNLI: accuracy = matched, accuracy_mm = mismatched)."""
-    metrics = {}
-    for i, (name, examples) in enumerate(task.dev_sets.items()):
-        m = evaluate(predict, examples, task.name, batch_size, progress)
-        metrics.update(m if i == 0 else {k + dev_suffix(name): v for k, v in m.items()})
-    return metrics
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
+def kernels_option():
+    """The --kernels option of every settings class that runs the model for gradients."""
+    return option("torch", "attention / FFN implementation for training (and post-training's Fisher pass): torch "
+                  "(exact eager), sdpa (PyTorch's fused attention), triton (fused kernels, CUDA), auto (triton on "
+                  "CUDA, torch elsewhere; on the CPU the fast path is bf16 precision)",
+                  choices=KERNELS)  # the exact eager path, the one every exactness test uses
 
 
 @dataclass
 class TrainArgs:
-    """Fine-tuning settings; `prunekit finetune` takes its defaults from here."""
-    output: str                       # run directory: the best model, metrics, logs, resume checkpoint
+    """Fine-tuning settings; `prunekit finetune`'s options are generated from these fields."""
+    output: str | None                # run directory (the best model, metrics, logs, resume checkpoint); None: none
     # Basic
-    epochs: float = 3.0               # BERT's GLUE recipe (Devlin et al.): 2-4 epochs
-    lr: float = 5e-5                  # peak learning rate; the top of BERT's {2,3,5}e-5 grid
-    batch_size: int = 32              # BERT's GLUE batch size
-    seed: int = 42                    # batch order, dropout and a fresh classifier's init
-    max_steps: int | None = None      # stop after this many steps (the schedule is fitted to it)
+    epochs: float = option(3.0, "epochs", range=Range(0, 10**4, low_open=True))  # BERT's GLUE recipe: 2-4
+    lr: float = option(5e-5, "peak learning rate", range=RATE)  # the top of BERT's {2,3,5}e-5 grid
+    batch_size: int = option(32, "batch size", range=Range(1, 10**5))  # BERT's GLUE batch size
+    seed: int = option(42, "batch order, dropout and a fresh classifier's init", range=SEED)
+    max_steps: int | None = option(None, "stop after this many steps (quick runs; the schedule is fitted to it)",
+                                   range=Range(1, 10**9))
     # Advanced
-    weight_decay: float = 0.01        # BERT's AdamW decay, off for biases and LayerNorm
-    warmup_ratio: float = 0.1         # linear warm-up over the first 10% of steps, then linear decay
-    max_grad_norm: float = 1.0        # gradient clipping, as HF's Trainer
-    eval_every: int | None = None     # steps between dev evaluations; None = once per epoch
-    save_every: int | None = None     # steps between resume checkpoints; None = at each evaluation, at most 200
-    eval_batch_size: int = 128        # evaluation only; big batches in length order pad little
-    group_by_length: bool = True      # batches of similar length: far less padding than plain shuffling
-    kernels: str = "torch"            # attention / FFN implementation (prunekit.model); torch = the exact eager path
-    precision: str = "fp32"           # fp32, or bf16 autocast (fp32 master weights) where the hardware has it
+    weight_decay: float = option(0.01, "AdamW weight decay, off for biases and LayerNorm",
+                                 range=Range(0, 10))  # BERT's
+    warmup_ratio: float = option(0.1, "share of steps with linear warm-up, then linear decay",
+                                 range=Range(0, 1, high_open=True))  # BERT's
+    max_grad_norm: float = option(1.0, "gradient clipping", range=Range(0), flag=False)  # as HF's Trainer
+    eval_every: int | None = option(None, "steps between dev evaluations", range=COUNT, default_text="once per epoch")
+    save_every: int | None = option(None, "steps between resume checkpoints", range=COUNT,
+                                    default_text=f"at each evaluation, at most {SAVE_EVERY_CAP}")
+    eval_batch_size: int = option(EVAL_BATCH_SIZE, "evaluation batch", range=COUNT, flag=False)
+    group_by_length: bool = option(True, "plain shuffled batches (slower: more padding)",
+                                   flag="--no-group-by-length")  # similar lengths: far less padding
+    kernels: str = kernels_option()
+    precision: str = option("fp32", "bf16: forward passes under bfloat16 autocast with fp32 master weights (fast "
+                            "where the CPU or GPU has native bf16)", choices=PRECISIONS)  # exact by default
     device: str = "cpu"
     progress: bool = True             # tqdm bars
-
-
-def resolve_max_length(config, max_length, default: int = 128, model_name="the model") -> int:
-    """The tokens per example: the one asked for, which must fit the model's position table (else an
-    IndexError deep in the embedding), or the default, cut to what the model can take."""
-    if max_length is None:
-        return min(default, config.longest_sequence)
-    if max_length > config.longest_sequence:
-        raise PrunekitError(f"--max-length {max_length} is longer than {model_name} can take "
-                            f"({config.longest_sequence} positions)")
-    return max_length
-
-
-def trained_labels(config) -> list | None:
-    """The label names a model was trained with, or None while they are HF's placeholders (LABEL_0...)."""
-    names = [config.id2label[i] for i in sorted(config.id2label)]
-    return None if all(n == f"LABEL_{i}" for i, n in enumerate(names)) else names
-
-
-def check_labels(config, task: Task):
-    """A model fits a task when it has as many outputs as the task has labels, with the same names."""
-    if config.num_labels != task.num_labels:
-        raise PrunekitError(f"the model has {config.num_labels} outputs but task {task.name} has {task.num_labels} "
-                            "labels")
-    names = trained_labels(config)
-    if task.labels is not None and names is not None and names != task.labels:
-        raise PrunekitError(f"the model was trained with labels {names} but task {task.name} has {task.labels}")
-
-
-def set_task_labels(config, task: Task):
-    """Write the task's label names and name into the model config, so they travel with the model."""
-    check_labels(config, task)
-    names = task.labels or ["score"]
-    config.id2label = dict(enumerate(names))
-    config.label2id = {n: i for i, n in enumerate(names)}
-    config.finetuning_task = task.name
 
 
 class Trainer:
     """Fine-tunes `model` on `task.train`, scoring on `task.dev_sets`.
 
-    Subclasses change what is learned by overriding loss() or train_step() (CoFi: distillation, the
-    Lagrangian and three optimisers) and parameter_groups() (which weights the model optimiser owns).
+    Subclasses change what is learned by overriding loss() or train_step() (distillation; CoFi adds the
+    Lagrangian and two more optimisers) and trainable() (which weights the model optimiser owns).
     """
 
     name = "finetune"  # what the progress bar says
@@ -189,7 +113,7 @@ class Trainer:
             raise PrunekitError(f"{task.name}: no training examples")
         if not task.dev_sets:
             raise PrunekitError(f"{task.name}: no dev set to evaluate on")
-        check_train_args(args)
+        check_options(args)
         if args.batch_size < distributed.world_size():
             raise PrunekitError(f"--batch-size {args.batch_size} is smaller than the {distributed.world_size()} "
                                 "processes: every process needs examples of each (global) batch")
@@ -198,18 +122,17 @@ class Trainer:
         model.set_kernels(args.kernels)
         self.net = model  # what the training forward calls: the model, or its DDP wrapper under torchrun
         if distributed.world_size() > 1:
-            from torch.nn.parallel import DistributedDataParallel
             self.net = DistributedDataParallel(model, device_ids=None if args.device == "cpu" else [args.device])
         set_task_labels(model.config, task)
-        self.out = Path(args.output)
+        self.out = None if args.output is None else Path(args.output)
         self.metric = main_metric(task.name)
         self.steps_per_epoch = math.ceil(len(task.train) / args.batch_size)
         self.total_steps = math.ceil(args.epochs * self.steps_per_epoch)
         if args.max_steps is not None:
             self.total_steps = min(self.total_steps, args.max_steps)
         self.eval_every = args.eval_every or self.steps_per_epoch
-        self.save_every = args.save_every or min(self.eval_every, 200)  # an interruption loses minutes, not an epoch
-        # fused: one kernel for all parameters, much cheaper on CPU (bench/results/teachers.md)
+        self.save_every = args.save_every or min(self.eval_every, SAVE_EVERY_CAP)
+        # fused: one kernel for all parameters, much cheaper on CPU
         self.optimizer = torch.optim.AdamW(self.parameter_groups(), lr=args.lr, fused=True)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, round(args.warmup_ratio * self.total_steps),
                                                          self.total_steps)
@@ -221,17 +144,25 @@ class Trainer:
         self.best_state = None    # the kept state (snapshot_best), written with checkpoints and at the end
         self.train_seconds_before = 0.0  # training time of the run before a resume
 
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run's files (rank 0, and only with an output directory)."""
+        return self.out is not None and distributed.is_main()
+
     # -- what is learned (override these) -------------------------------------------------------
     def loss(self, batch) -> torch.Tensor:
         """The training loss of one batch."""
         return self.net(**batch).loss
 
+    def trainable(self):
+        """(name, parameter) of the weights the model optimiser updates: the model's trainable ones."""
+        return ((name, p) for name, p in self.model.named_parameters() if p.requires_grad)
+
     def parameter_groups(self) -> list[dict]:
         """No weight decay on biases and LayerNorm weights (the BERT recipe)."""
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                (no_decay if name.endswith("bias") or ".norm." in name else decay).append(p)
+        for name, p in self.trainable():
+            (no_decay if name.endswith("bias") or ".norm." in name else decay).append(p)
         return [{"params": decay, "weight_decay": self.args.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
 
@@ -269,38 +200,35 @@ class Trainer:
         """One optimisation step on one batch; returns the loss."""
         with self.autocast():
             loss = self.loss(batch)
+        return self.optimise(loss)
+
+    def optimise(self, loss: torch.Tensor) -> float:
+        """Backward, clip, step every optimiser, clear the gradients; returns the loss."""
         if not torch.isfinite(loss):
             raise PrunekitError(f"loss became {loss.item()} at step {self.step + 1}; try a lower --lr")
         loss.backward()  # under DDP the weight gradients are averaged over the processes here
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+        self.after_backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable()], self.args.max_grad_norm)
+        self.step_optimizers()
+        for opt, _ in self.optimizers().values():
+            opt.zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)  # frozen weights may still hold a gradient
+        return loss.item()
+
+    def after_backward(self) -> None:
+        """Between backward and clipping (a subclass averages what DDP does not own)."""
+
+    def step_optimizers(self) -> None:
         self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
 
     def fit(self, resume: bool = False) -> dict:
         """Train to the end (or resume from <output>/last), then return the metrics summary."""
         a = self.args
-        if resume and not (self.out / LAST / "state.json").is_file() and (self.out / INCOMPLETE).is_file():
-            print(f"{self.out}: interrupted before its first checkpoint; starting again from step 0", file=sys.stderr)
-            resume = False
-        main = distributed.is_main()  # only rank 0 writes (every rank under a single process)
-        if resume:
-            self.load_checkpoint()
-        else:
-            torch.manual_seed(a.seed + distributed.rank())  # dropout (each process its own masks)
-            if main:
-                self.out.mkdir(parents=True, exist_ok=True)
-                write_json(self.out / "train_args.json", {**asdict(a), "task": self.task.name,
-                                                          "total_steps": self.total_steps,
-                                                          "train_examples": len(self.task.train),
-                                                          "processes": distributed.world_size()})
-                (self.out / "log.jsonl").write_text("")
-        if main:
-            (self.out / INCOMPLETE).write_text("an interrupted run: continue it with --resume\n")
+        self.start(resume)
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.name} {self.task.name}", unit="step",
-                   disable=not a.progress or not main, mininterval=bar_interval())
+                   disable=not a.progress or not distributed.is_main(), mininterval=bar_interval())
         while self.step < self.total_steps:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
             plan = batch_indices(self.task.train, a.batch_size, shuffle=True, seed=a.seed + epoch,
@@ -321,11 +249,37 @@ class Trainer:
                 if done:
                     break
         bar.close()
+        return self.finish()
+
+    def start(self, resume: bool) -> None:
+        """Restore the checkpoint of a resumed run, or start a fresh one (and its run directory)."""
+        a = self.args
+        if resume and self.out is not None and not (self.out / LAST / "state.json").is_file() \
+                and (self.out / INCOMPLETE).is_file():
+            print(f"{self.out}: interrupted before its first checkpoint; starting again from step 0", file=sys.stderr)
+            resume = False
+        if resume:
+            self.load_checkpoint()
+        else:
+            torch.manual_seed(a.seed + distributed.rank())  # dropout (each process its own masks)
+            if self.writes:
+                self.out.mkdir(parents=True, exist_ok=True)
+                write_json(self.out / "train_args.json", {**asdict(a), "task": self.task.name,
+                                                          "total_steps": self.total_steps,
+                                                          "train_examples": len(self.task.train),
+                                                          "processes": distributed.world_size()})
+                (self.out / "log.jsonl").write_text("")
+        if self.writes:
+            mark_incomplete(self.out)
+
+    def finish(self) -> dict:
+        """The metrics summary; the kept model and the summary written, the checkpoint and the INCOMPLETE
+        mark removed (the mark last)."""
         summary = {"task": self.task.name, "main_metric": self.metric, "best": self.best,
                    "final": self.history[-1] if self.history else None, "steps": self.step,
                    "epochs": self.step / self.steps_per_epoch, "train_seconds": round(self.train_seconds, 1),
                    "seconds_per_step": round(self.train_seconds / max(1, self.step), 4)}
-        if main:
+        if self.writes:
             if self.best_state is not None:
                 self.write_best(self.out, self.best_state)
             write_json(self.out / "metrics.json", summary)
@@ -373,8 +327,9 @@ class Trainer:
             self.best_state = self.snapshot_best()
         if not distributed.is_main():
             return
-        with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.writes:
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
         shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
                           if k not in ("step", "epoch"))
         (bar.write if bar is not None else print)(f"step {self.step}: {shown}{'  (best)' if improved else ''}")
@@ -383,6 +338,8 @@ class Trainer:
     def save_checkpoint(self):
         """<output>/last: weights, optimizer moments, RNG and loop state; built beside it, then swapped in
         (by rank 0 under torchrun: every process holds the same weights and optimiser state)."""
+        if self.out is None:
+            return
         states = distributed.gather_state(torch.get_rng_state())  # each process's dropout stream
         if not distributed.is_main():
             distributed.barrier()
@@ -443,65 +400,23 @@ class Trainer:
             f.writelines(json.dumps(r) + "\n" for r in self.history)
 
 
-def check_train_args(args: TrainArgs):
-    """Every number of a run must be finite and positive (before any model or data is loaded)."""
-    positive = {"epochs": args.epochs, "lr": args.lr, "batch size": args.batch_size,
-                "eval batch size": args.eval_batch_size}
-    optional = {"max steps": args.max_steps, "eval interval": args.eval_every, "save interval": args.save_every}
-    bad = [k for k, v in positive.items() if not (math.isfinite(v) and v > 0)]
-    bad += [k for k, v in optional.items() if v is not None and v < 1]
-    bad += [k for k, v in {"weight decay": args.weight_decay, "max grad norm": args.max_grad_norm}.items()
-            if not (math.isfinite(v) and v >= 0)]
-    if not 0 <= args.warmup_ratio < 1:
-        bad.append("warmup ratio (in [0, 1))")
-    if args.precision not in ("fp32", "bf16"):
-        bad.append(f"precision (fp32 or bf16, not {args.precision!r})")
-    if bad:
-        raise PrunekitError(f"these settings must be finite and positive: {', '.join(bad)}")
-
-
-RUN_MARKS = ("train_args.json", "config.json", LAST, "report.json", "prune", INCOMPLETE)  # what a prunekit run directory holds
-
-
-def prepare_output(output, resume: bool, overwrite: bool) -> Path:
-    """Refuse to clobber an existing run unless asked; clear it when asked (only if it looks like one)."""
-    out = Path(output)
-    if resume and overwrite:
-        raise PrunekitError("--resume and --overwrite contradict each other")
-    if resume or not out.exists():
-        return out
-    if not out.is_dir():
-        raise PrunekitError(f"--output {out} is a file")
-    if not any(out.iterdir()):
-        return out
-    if not overwrite:
-        raise PrunekitError(f"--output {out} already exists (use --overwrite to replace it, or --resume to continue)")
-    if not any((out / m).exists() for m in RUN_MARKS):
-        raise PrunekitError(f"refusing to overwrite {out}: it does not look like a prunekit run "
-                            f"(none of {', '.join(RUN_MARKS)})")
-    shutil.rmtree(out)
-    return out
-
-
 def finetune(model_name: str, task_name: str, args: TrainArgs, resume: bool = False, overwrite: bool = False,
              **data) -> dict:
     """`prunekit finetune`: load a model and a task, train, keep the best model in args.output.
 
-    data: load_task's keyword arguments (glue_dir, max_length, train_file, dev_file, text_columns,
-    label_column, max_train_samples).
+    Everything is checked (output, model, tokenizer, task and data) before an old run in args.output
+    is replaced. data: load_task's keyword arguments (glue_dir, max_length, train_file, dev_file,
+    text_columns, label_column, max_train_samples).
     """
-    from .checkpoints import load_model, resolve
-    from .data import load_task
-    from .tokenizer import load_tokenizer, require_tokenizer
-    from .checkpoints import config_of
-    check_train_args(args)
-    if distributed.is_main():
-        prepare_output(args.output, resume, overwrite)
-    distributed.barrier()
+    check_options(args)
+    inputs = (model_name, *data_inputs(data))
+    check_output(args.output, inputs, overwrite, resume)
     path = resolve(model_name)
     data = {**data, "max_length": resolve_max_length(config_of(path), data.get("max_length"), model_name=model_name)}
     tokenizer = require_tokenizer(load_tokenizer(path), model_name, "fine-tuning reads text")
     task = load_task(task_name, tokenizer, **data)
-    torch.manual_seed(args.seed)  # a fresh classifier head starts the same way for a given seed
-    model = load_model(model_name, num_labels=task.num_labels)
-    return Trainer(model, task, args).fit(resume=resume)
+    settings = {"model": str(model_name), "task": task.name, **data}
+    with claim_output(args.output, inputs, overwrite, resume) as out, started(out, settings, resume):
+        torch.manual_seed(args.seed)  # a fresh classifier head starts the same way for a given seed
+        model = load_model(model_name, num_labels=task.num_labels)
+        return Trainer(model, task, args).fit(resume=resume)

@@ -1,26 +1,22 @@
 """A tiny end-to-end run of bench/latency.py: it must write a valid table, JSON and PNG."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 import prunekit
 from conftest import tiny_model
+from test_bench_scripts import script  # noqa: F401 (the fixture that imports a bench script)
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_latency", ROOT / "bench" / "latency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def load_bench(script):
+    """bench/latency.py as `python bench/latency.py` sees its folder: bench/ first on sys.path."""
+    return lambda: script("latency")
 
 
 @pytest.mark.slow  # exports to ONNX and times ONNX Runtime
-def test_tiny_bench_run_writes_table_json_and_png(tmp_path, capsys):
+def test_tiny_bench_run_writes_table_json_and_png(tmp_path, capsys, load_bench):
     dense = tiny_model()
     dense.save_pretrained(tmp_path / "dense")
     compact = prunekit.prune(dense, prunekit.Masks(z_head=torch.tensor([[1., 0, 0, 1], [0, 0, 0, 0], [1, 1, 1, 0]]),
@@ -50,7 +46,7 @@ def test_tiny_bench_run_writes_table_json_and_png(tmp_path, capsys):
         assert out.with_name(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_bad_input_exits_2(tmp_path, capsys):
+def test_bench_bad_input_exits_2(tmp_path, capsys, load_bench):
     bench = load_bench()
     assert bench.main(["--dense", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
@@ -59,7 +55,7 @@ def test_bench_bad_input_exits_2(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("bench/latency.py: error: unknown runtime(s) ['tensorrt']; choose from ")
 
 
-def test_model_metric_reads_the_metric_of_the_model_that_was_written(tmp_path):
+def test_model_metric_reads_the_metric_of_the_model_that_was_written(tmp_path, load_bench):
     bench = load_bench()
 
     def metric_of(name, data):

@@ -8,11 +8,11 @@ import torch
 from conftest import random_batch, synthetic_task, tiny_model
 from prunekit import Masks, prune
 from prunekit.cli import main
-from prunekit.cofi import CoFiConfig, ExpectedCost, Gates, Lagrangian, Target, compress
-from prunekit.cofi.distill import LayerDistiller, match_layers, prediction_loss, teacher_layers
+from prunekit.budget import Budget, Deployment
+from prunekit.cofi import CoFiConfig, ExpectedCost, Gates, Lagrangian, compress
+from prunekit.distill import LayerDistiller, match_layers, prediction_loss, present_layers, teacher_layers
 from prunekit.cofi.gates import BETA, GAMMA, LOG_ALPHA_RANGE, ZETA
 from prunekit.cofi.sparsity import target_at
-from prunekit.cofi.trainer import present_layers
 from prunekit.config import PrunekitBertConfig
 from prunekit.cost import macs, param_counts
 
@@ -223,8 +223,8 @@ def tiny_run(tmp_path_factory):
     teacher = tiny_model()
     task = synthetic_task(teacher)
     out = tmp_path_factory.mktemp("cofi")
-    result = compress(teacher, task, Target("sparsity", 0.5), out, CoFiConfig(
-        prune_epochs=20, finetune_epochs=2, reg_lr=0.1, **QUICK))
+    result = compress(teacher, task, Budget("sparsity", 0.5), CoFiConfig(
+        prune_epochs=20, finetune_epochs=2, reg_lr=0.1, **QUICK), workdir=out)
     return teacher, task, out, result
 
 
@@ -269,23 +269,24 @@ def test_macs_target_lands_within_one_percent(tmp_path):
     # units fine enough for a 1% landing: a head ~1% of the MACs, an FFN unit 0.3%, a hidden dim 0.8%
     teacher = tiny_model(hidden_size=128, head_dim=2, num_heads=[16, 16], ffn_dim=[128, 128])
     task = synthetic_task(teacher)
-    result = compress(teacher, task, Target("macs", 0.4), tmp_path, CoFiConfig(
+    result = compress(teacher, task, Budget("macs", 0.4), CoFiConfig(
         prune_epochs=15, finetune_epochs=0, reg_lr=0.1, **QUICK))
     assert result.report["constraint"]["kind"] == "macs"
     assert result.report["macs_kept"] == pytest.approx(0.4, abs=0.01)
 
 
 def interrupt_at(monkeypatch, step, phase="prune"):
-    """Make CoFiTrainer.train_step raise (a Ctrl-C) once a phase has done `step` steps; returns the undo."""
+    """Make a CoFi phase's train_step raise (a Ctrl-C) once it has done `step` steps; returns the undo."""
     from prunekit.cofi.trainer import CoFiTrainer
-    real = CoFiTrainer.train_step
+    from prunekit.distill import DistillTrainer
+    real = DistillTrainer.train_step
 
     def crashing(self, batch):
-        if ("prune" if self.gates is not None else "finetune") == phase and self.step == step:
+        if ("prune" if isinstance(self, CoFiTrainer) else "finetune") == phase and self.step == step:
             raise KeyboardInterrupt
         return real(self, batch)
-    monkeypatch.setattr(CoFiTrainer, "train_step", crashing)
-    return lambda: monkeypatch.setattr(CoFiTrainer, "train_step", real)
+    monkeypatch.setattr(DistillTrainer, "train_step", crashing)
+    return lambda: monkeypatch.setattr(DistillTrainer, "train_step", real)
 
 
 @pytest.mark.slow
@@ -296,16 +297,16 @@ def test_an_interrupted_run_resumed_equals_the_uninterrupted_one(tmp_path, monke
     task = synthetic_task(teacher, n_train=48)
     settings = CoFiConfig(prune_epochs=8, finetune_epochs=3, reg_lr=0.1, save_every=5, **QUICK)
     torch.manual_seed(123)
-    whole = compress(teacher, task, Target("sparsity", 0.4), tmp_path / "whole", settings)
+    whole = compress(teacher, task, Budget("sparsity", 0.4), settings, workdir=tmp_path / "whole")
 
     torch.manual_seed(123)
     undo = interrupt_at(monkeypatch, step, phase)
     with pytest.raises(KeyboardInterrupt):
-        compress(teacher, task, Target("sparsity", 0.4), tmp_path / "cut", settings)
+        compress(teacher, task, Budget("sparsity", 0.4), settings, workdir=tmp_path / "cut")
     undo()
     assert (tmp_path / "cut" / phase / "last").is_dir()
     torch.manual_seed(999)  # the resumed run must not depend on the RNG state it starts with
-    resumed = compress(teacher, task, Target("sparsity", 0.4), tmp_path / "cut", settings, resume=True)
+    resumed = compress(teacher, task, Budget("sparsity", 0.4), settings, workdir=tmp_path / "cut", resume=True)
     for name, t in whole.masks.items():
         assert torch.equal(t, getattr(resumed.masks, name)), name
     a, b = whole.model.state_dict(), resumed.model.state_dict()
@@ -363,15 +364,15 @@ def test_cofi_verb_resumes_an_interrupted_run_and_refuses_to_resume_nothing(tiny
     (["--target-sparsity", "1.5"], "argument --target-sparsity: 1.5 is out of range (must be finite, > 0 and < 1)"),
     (["--target-sparsity", "0"], "argument --target-sparsity: 0 is out of range"),
     (["--macs", "-0.2"], "argument --macs: -0.2 is out of range"),
-    (["--target-sparsity", "0.5", "--macs", "0.5"], "give exactly one target"),
-    ([], "give exactly one target"),
-    (["--target-sparsity", "0.5", "--latency", "0.5"], "give exactly one target"),
+    (["--target-sparsity", "0.5", "--macs", "0.5"], "give exactly one budget"),
+    ([], "give exactly one budget"),
+    (["--target-sparsity", "0.5", "--latency", "0.5"], "give exactly one budget"),
     (["--target-sparsity", "0.5", "--fisher-precision", "bf16"], "--fisher-precision is not an option of --method cofi"),
     (["--target-sparsity", "0.5", "--num-samples", "64"], "--num-samples is not an option of --method cofi"),
     (["--target-sparsity", "0.5", "--lr", "-1"], "argument --lr: -1 is out of range (must be finite, >= 1e-10 and <= 10)"),
     (["--target-sparsity", "0.5", "--prune-epochs", "nan"], "argument --prune-epochs: nan is out of range"),
     (["--target-sparsity", "0.5", "--reg-lr", "x"], "argument --reg-lr: 'x' is not a number"),
-    (["--target-sparsity", "0.5", "--distill-layers", "2,x"], "--distill-layers takes layer numbers"),
+    (["--target-sparsity", "0.5", "--distill-layers", "2,x"], "argument --distill-layers: '2,x' is not layer numbers separated by commas"),
     (["--target-sparsity", "0.5", "--distill-layers", "7"], "distill layers must be between 0 and 2"),
     (["--target-sparsity", "0.5", "--resume", "--overwrite"], "contradict"),
 ])
@@ -406,12 +407,12 @@ def test_warm_start_from_post_training_masks(tmp_path):
     teacher = tiny_model()
     task = synthetic_task(teacher)
     gates = Gates(teacher.config)
-    warm_start(gates, teacher, task, Target("macs", 0.5), CoFiConfig(progress=False))
+    warm_start(gates, teacher, task, Budget("macs", 0.5), CoFiConfig(progress=False))
     head = gates.log_alpha["z_head"]
     assert set(head.flatten().tolist()) == {torch.tensor(v).float().item() for v in LOG_ALPHA_RANGE}  # on or off
     det = gates.deterministic(ExpectedCost(teacher.config, "macs", [len(e["input_ids"]) for e in task.train]))
-    from prunekit.posttrain.pipeline import Constraint, compress as posttrain
-    pt = posttrain(teacher, task, Constraint("macs", 0.5), evaluate=False, progress=False, batch_size=32,
+    from prunekit.posttrain import compress as posttrain
+    pt = posttrain(teacher, task, Budget("macs", 0.5), evaluate=False, progress=False, batch_size=32,
                    num_samples=96)
     assert torch.equal(det.z_head != 0, pt.masks.z_head != 0)
     # a gate at the floor is still non-zero with probability 0.047, so the expected count of a layer's
@@ -424,19 +425,17 @@ def test_warm_start_from_post_training_masks(tmp_path):
 def test_latency_target_uses_the_block_tables_and_measures_the_compact_model(tmp_path):
     """--latency: the expected block latency from the tables steers the gates; the report gives the
     compact model's latency by the tables and as measured in ONNX Runtime against the teacher's."""
-    from prunekit.posttrain.pipeline import Constraint
     teacher = tiny_model(hidden_size=32, head_dim=8, num_heads=[4, 4], ffn_dim=[48, 48])
     task = synthetic_task(teacher)
     from prunekit.io import write_json
-    from prunekit.posttrain.latency import table_key
+    from prunekit.latency import table_key
     # a fixed table in the cache, shaped like a measured one (a fixed cost plus a per-unit cost): the run must
     # not depend on how fast this machine happens to time a tiny block (CI saw tables that stalled the gates)
     H, F = 4, 48
     write_json(tmp_path / "lut.json", {table_key(teacher.config, 4, 16, "torch", "cpu"): {
         "mha": [0.05 + 0.02 * n for n in range(1, H + 1)], "ffn": [0.02 + 0.002 * n for n in range(1, F + 1)]}})
-    lat = Constraint("latency", 0.6, latency_batch=4, latency_seq_len=16, lut_cache=str(tmp_path / "lut.json"),
-                     latency_runtime="torch")
-    result = compress(teacher, task, Target("latency", 0.6, lat), tmp_path / "run", CoFiConfig(
+    lat = Deployment(latency_batch=4, latency_seq_len=16, lut_cache=str(tmp_path / "lut.json"), latency_runtime="torch")
+    result = compress(teacher, task, Budget("latency", 0.6, lat), CoFiConfig(
         prune_epochs=12, finetune_epochs=0, reg_lr=0.1, **QUICK))
     r = result.report
     assert r["constraint"]["kind"] == "latency" and "block latency" in r["constraint"]["what"]
@@ -445,13 +444,13 @@ def test_latency_target_uses_the_block_tables_and_measures_the_compact_model(tmp
     assert 0 < r["latency"]["kept_by_table"] <= 1
     assert r["latency"]["table_key"] is None                                        # the fixed table, not a timed one
     assert all(0 < ms < 1000 for ms in r["latency"]["measured_ms"].values())        # milliseconds of a tiny model
-    from prunekit.cli import summarise_cofi
+    from prunekit.summaries import summarise_cofi
     text = summarise_cofi(r, tmp_path / "run")
     assert "CoFi to block latency kept 0.6 ->" in text and "measured in ONNX Runtime" in text
 
 
 def test_expected_latency_of_certain_gates_follows_the_fitted_tables():
-    from prunekit.posttrain.search import fit_piecewise_linear
+    from prunekit.latency import fit_piecewise_linear
     cfg = tiny_model().config                                        # 3 layers, 4 heads, 12 FFN units
     table = {"mha": [1.0, 1.0, 1.5, 2.0], "ffn": [0.5] * 6 + [0.5 + 0.1 * i for i in range(1, 7)]}
     cost = ExpectedCost(cfg, "latency", table=table)

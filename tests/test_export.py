@@ -11,7 +11,8 @@ import torch
 
 import prunekit
 from prunekit import Masks
-from prunekit.cli import load_predictor, main
+from prunekit.cli import main
+from prunekit.evaluation import load_predictor
 from prunekit.export import OnnxClassifier, export_onnx
 from prunekit.export import onnx_export, optimize, validate
 from prunekit.export.runtime import require_cuda
@@ -355,6 +356,7 @@ def test_cli_export_refuses_missing_model_and_existing_output(tmp_path, capsys):
     assert main(["export", "--onnx", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 2
     assert "model directory not found" in capsys.readouterr().err
     (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.onnx").write_text("an earlier export")   # (an empty directory may be written into)
     assert main(["export", "--onnx", "--model", "minilm", "--output", str(tmp_path / "out")]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
 

@@ -10,10 +10,14 @@ from prunekit.cli import main
 from prunekit.data import Task
 from prunekit.errors import PrunekitError
 from prunekit.posttrain.fisher import diagonal_fisher, mask_gradients
-from prunekit.posttrain.pipeline import (Constraint, compress, fisher_batches, sample_examples, tuning_subset,
-                                        warn_if_not_fine_tuned)
+from prunekit.budget import Budget, Deployment
+from prunekit.latency import LatencyFit, fit_piecewise_linear
+from prunekit.posttrain import compress
+from prunekit.posttrain.stages import fisher_batches, sample_examples, tuning_subset
+from prunekit.progress import Warnings
+from prunekit.teachers import warn_if_not_fine_tuned
 from prunekit.posttrain.rearrange import pruned_set_objective, rearrange, rearrange_layer
-from prunekit.posttrain.search import LatencyFit, fit_piecewise_linear, search_latency, search_mac
+from prunekit.posttrain.search import search_latency, search_mac
 from prunekit.posttrain.tune import tune_masks
 # synthetic_task lives in conftest; test_posttrain_golden imports it from here
 from conftest import labelled_batches, random_batch, synthetic_task, tiny_model
@@ -322,7 +326,7 @@ def test_fisher_batches_are_full_and_cover_the_sample_once(by_length):
 def test_pipeline_compact_model_equals_the_masked_model(kind, tmp_path):
     model = tiny_model()
     task = synthetic_task(model)
-    constraint = Constraint(kind, 0.5, latency_batch=2, latency_seq_len=8, lut_cache=str(tmp_path / "lut.json"))
+    constraint = Budget(kind, 0.5, Deployment(latency_batch=2, latency_seq_len=8, lut_cache=str(tmp_path / "lut.json")))
     # tiny blocks are all overhead (a flat latency table), so the latency case may drop whole sublayers
     compact, tuned, report = compress(model, task, constraint, num_samples=64, batch_size=8, progress=False,
                                       max_fit_tokens=None, allow_empty_sublayers=kind == "latency")
@@ -357,7 +361,7 @@ def test_tuning_subset_is_a_prefix_of_whole_examples_with_enough_tokens():
 def test_tuning_toward_the_dense_model_is_an_option_with_its_own_target():
     model = tiny_model()
     task = synthetic_task(model)
-    run = lambda target: compress(model, task, Constraint("macs", 0.5), num_samples=64, batch_size=8, progress=False,
+    run = lambda target: compress(model, task, Budget("macs", 0.5), num_samples=64, batch_size=8, progress=False,
                                   evaluate=False, max_fit_tokens=None, tune_teacher=target)
     _, assistant, rep_a = run("assistant")
     _, dense, rep_d = run("dense")
@@ -366,17 +370,17 @@ def test_tuning_toward_the_dense_model_is_an_option_with_its_own_target():
     assert not torch.allclose(assistant.z_head, dense.z_head)
     fitted = [f for f in rep_d["tuning"] if f["status"] == "ok"]
     assert fitted and all(f["error_after"] <= f["error_before"] * (1 + 1e-9) for f in fitted)
-    with pytest.raises(PrunekitError, match="tune_teacher must be"):
+    with pytest.raises(PrunekitError, match="tune_teacher takes assistant, dense"):
         run("teacher")
 
 
 def test_warning_for_a_teacher_at_chance():
     task = Task(name="sst2", num_labels=2, is_regression=False, labels=["negative", "positive"],
                 dev_sets={"dev": [{"input_ids": [1], "token_type_ids": [0], "label": int(i % 3 == 0)} for i in range(30)]})
-    warnings = []
+    warnings = Warnings(echo=False)
     warn_if_not_fine_tuned(task, {"accuracy": 0.66}, warnings)  # the majority class (0) is 2/3
     assert len(warnings) == 1 and "fine-tuned" in warnings[0]
-    warnings = []
+    warnings = Warnings(echo=False)
     warn_if_not_fine_tuned(task, {"accuracy": 0.9}, warnings)
     assert warnings == []
 
@@ -421,7 +425,7 @@ def test_compress_verb_writes_a_compact_model_that_equals_the_masked_teacher(tin
     (["--macs", "1e-9"], "too small to keep one head and one FFN neuron per layer"),
     (["--macs", "1e-9", "--allow-empty-sublayers"], "too small to keep a single head or FFN neuron"),
     (["--macs", "0.5", "--method", "cofi", "--num-samples", "64"], "--num-samples, --no-eval are not options of --method cofi"),
-    (["--macs", "0.5", "--method", "magic"], "unknown --method"),
+    (["--macs", "0.5", "--method", "magic"], "argument --method: invalid choice: 'magic'"),
     (["--macs", "0.5", "--fisher-precision", "fp8"], "--fisher-precision"),
 ])
 def test_compress_bad_input_is_one_line_exit_2(tiny_model_dir, sst2_glue_dir, tmp_path, capsys, extra, message):
@@ -437,13 +441,14 @@ def test_compress_refuses_a_missing_teacher_and_an_existing_output(tiny_model_di
     base = ["compress", "--task", "sst2", "--glue-dir", str(sst2_glue_dir), "--macs", "0.5", "--device", "cpu"]
     assert main(base + ["--teacher", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
     (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "report.json").write_text("{}")   # an earlier run's (an empty directory may be written into)
     assert main(base + ["--teacher", str(tiny_model_dir), "--output", str(tmp_path / "o")]) == 2
     assert "already exists" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # times every block size of the tiny model twice (about 5 s)
 def test_latency_tables_are_cached_per_shape_and_reused(tmp_path):
-    from prunekit.posttrain.latency import load_or_measure
+    from prunekit.latency import load_or_measure
     cfg = tiny_model().config
     cache = tmp_path / "lut.json"
     first, cached = load_or_measure(cfg, 2, 8, cache, runtime="torch", progress=False)
@@ -456,14 +461,14 @@ def test_latency_tables_are_cached_per_shape_and_reused(tmp_path):
 
 @pytest.mark.slow
 def test_latency_tables_from_onnx_runtime(tmp_path):
-    from prunekit.posttrain.latency import load_or_measure
+    from prunekit.latency import load_or_measure
     table, _ = load_or_measure(tiny_model().config, 2, 8, tmp_path / "lut.json", runtime="ort", progress=False)
     assert table["runtime"] == "ort" and table["key"].startswith("ort|")
     assert all(t > 0 for t in table["mha"] + table["ffn"])
 
 
 def test_a_cache_file_that_is_not_a_latency_table_is_refused_not_overwritten(tmp_path):
-    from prunekit.posttrain.latency import load_or_measure
+    from prunekit.latency import load_or_measure
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(b"\x00\x01 not json")
     with pytest.raises(PrunekitError, match="not a readable JSON"):
@@ -509,8 +514,8 @@ def test_distill_steps_fine_tune_the_compact_model_from_the_teacher():
     torch.set_num_threads(1)
     model = tiny_model()
     task = synthetic_task(model)
-    plain = compress(model, task, Constraint("macs", 0.5), num_samples=64, batch_size=8, progress=False)
-    distilled = compress(model, task, Constraint("macs", 0.5), num_samples=64, batch_size=8, progress=False,
+    plain = compress(model, task, Budget("macs", 0.5), num_samples=64, batch_size=8, progress=False)
+    distilled = compress(model, task, Budget("macs", 0.5), num_samples=64, batch_size=8, progress=False,
                          distill_steps=6, distill_lr=1e-3)
     assert torch.equal(plain.masks.z_head, distilled.masks.z_head)             # the same pruning ...
     assert distilled.model.config.num_heads == plain.model.config.num_heads
@@ -527,8 +532,8 @@ def test_distill_precision_bf16_trains_under_autocast_and_is_recorded():
     torch.set_num_threads(1)
     model = tiny_model()
     task = synthetic_task(model)
-    plain = compress(model, task, Constraint("macs", 0.5), num_samples=64, batch_size=8, progress=False)
-    runs = {p: compress(model, task, Constraint("macs", 0.5), num_samples=64, batch_size=8, progress=False,
+    plain = compress(model, task, Budget("macs", 0.5), num_samples=64, batch_size=8, progress=False)
+    runs = {p: compress(model, task, Budget("macs", 0.5), num_samples=64, batch_size=8, progress=False,
                         distill_steps=4, distill_lr=1e-3, distill_precision=p) for p in ("fp32", "bf16")}
     assert runs["bf16"].report["distill_precision"] == "bf16"
     p0, a, b = plain.model.state_dict(), runs["fp32"].model.state_dict(), runs["bf16"].model.state_dict()
@@ -537,6 +542,6 @@ def test_distill_precision_bf16_trains_under_autocast_and_is_recorded():
         return sum((x[k] - y[k]).abs().sum().item() for k in x) / sum(x[k].numel() for k in x)
     assert mean_abs(a, b) > 0                                                    # autocast did change the maths
     assert mean_abs(a, b) < 0.1 * mean_abs(a, p0)                                # ... but it trained the same way
-    with pytest.raises(PrunekitError, match="distill_precision must be fp32 or bf16"):
-        compress(model, task, Constraint("macs", 0.5), num_samples=64, batch_size=8, progress=False,
+    with pytest.raises(PrunekitError, match="--distill-precision takes fp32, bf16"):
+        compress(model, task, Budget("macs", 0.5), num_samples=64, batch_size=8, progress=False,
                  distill_steps=4, distill_precision="fp16")

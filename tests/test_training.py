@@ -19,7 +19,8 @@ from prunekit.data import Task, encode, load_task
 from prunekit.config import PrunekitBertConfig
 from prunekit.model import PrunekitBertForSequenceClassification
 from prunekit.errors import PrunekitError
-from prunekit.training import Trainer, TrainArgs, evaluate, evaluate_task, finetune, torch_predictor
+from prunekit.evaluation import evaluate, evaluate_task, torch_predictor
+from prunekit.training import Trainer, TrainArgs, finetune
 
 def args(tmp_path, name="run", **kw):
     base = dict(output=str(tmp_path / name), epochs=12, lr=5e-3, batch_size=8, eval_every=8, seed=0, progress=False)
@@ -175,7 +176,7 @@ def test_finetune_and_eval_verbs(tiny_model_dir, sst2_stsb_glue_dir, tmp_path, c
     assert re.fullmatch(rf"{re.escape(str(out))} \(\d+ s training, \d+\.\d{{3}} s/step\)", where), where
     assert json.loads((out / "train_args.json").read_text())["max_steps"] == 3
     assert main(cmd) == 2
-    assert "already exists (use --overwrite" in capsys.readouterr().err
+    assert "already exists; pass --overwrite to replace it" in capsys.readouterr().err
     assert main(cmd + ["--overwrite"]) == 0
     assert main(cmd + ["--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
@@ -244,7 +245,7 @@ def test_overwrite_refuses_a_directory_that_is_not_a_run(tiny_model_dir, sst2_st
     (tmp_path / "notes" / "thesis.tex").write_text("precious")
     assert main(["finetune", "--model", str(tiny_model_dir), "--task", "sst2", "--glue-dir", str(sst2_stsb_glue_dir),
                  "--output", str(tmp_path / "notes"), "--overwrite"]) == 2
-    assert "does not look like a prunekit run" in capsys.readouterr().err
+    assert "does not look like a prunekit output" in capsys.readouterr().err
     assert (tmp_path / "notes" / "thesis.tex").read_text() == "precious"
 
 

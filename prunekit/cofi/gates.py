@@ -30,6 +30,7 @@ import math
 import torch
 import torch.nn as nn
 
+from .. import distributed
 from ..masks import NAMES, Masks, expected_shapes
 
 GAMMA, ZETA, BETA = -0.1, 1.1, 2.0 / 3.0   # stretch limits and temperature of the hard concrete
@@ -64,7 +65,6 @@ class Gates(nn.Module):
     def sample(self) -> Masks:
         """One hard-concrete draw of every gate (differentiable in log_alpha). Under torchrun the
         uniform noise is rank 0's, so every process trains under the same masks."""
-        from .. import distributed
         noise = {n: torch.rand_like(la) for n, la in self.log_alpha.items()}
         distributed.broadcast_(noise.values())
         out = {}

@@ -11,8 +11,8 @@ Three constraints share it:
     "sparsity": s = 1 - E[params] / params of the dense model   (CoFi's; encoder params, section 3.1)
     "macs":     s = 1 - E[MACs] / dense MACs, at the task's length distribution (what post-training
                 pruning targets), target = 1 - (MACs kept)
-    "latency":  s = 1 - E[latency] / dense latency, from post-training's block-latency tables timed on
-                the deploy runtime: per layer, P(sublayer) * fit(expected unit count), with the
+    "latency":  s = 1 - E[latency] / dense latency, from the block-latency tables (prunekit.latency) timed
+                on the deploy runtime: per layer, P(sublayer) * fit(expected unit count), with the
                 piecewise-linear fit (flat up to T units, then linear); the sum is scaled by the share
                 of hidden dims kept (the tables are timed at the full width: an approximation)
 
@@ -21,46 +21,16 @@ and the gates minimise it, lambda_1 and lambda_2 (starting at 0) maximise it by 
 their own optimiser. The target t rises linearly from 0 to its final value over the warm-up steps
 that follow the pre-pruning steps.
 """
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 
-from ..cost import mac_unit_costs, param_counts, macs, param_unit_costs
+from ..cost import mac_unit_costs, macs, param_counts, param_unit_costs
 from ..errors import PrunekitError
-
-KINDS = ("sparsity", "macs", "latency")
-
-
-@dataclass
-class Target:
-    """The size a CoFi run aims at: kind "sparsity" (value = the fraction of encoder parameters
-    removed), "macs" (value = the fraction of MACs kept) or "latency" (the fraction of the dense
-    model's block latency kept, on the deployment below)."""
-    kind: str
-    value: float
-    latency: object = None  # for "latency": a posttrain.pipeline.Constraint with the deployment and the cache
-
-    def check(self):
-        if self.kind not in KINDS:
-            raise PrunekitError(f"unknown CoFi target {self.kind!r} ({', '.join(KINDS)})")
-        if not (isinstance(self.value, (int, float)) and 0 < self.value < 1):
-            flag = {"sparsity": "--target-sparsity", "macs": "--macs", "latency": "--latency"}[self.kind]
-            raise PrunekitError(f"{flag} must be strictly between 0 and 1, got {self.value}")
-        if self.kind == "latency":
-            from ..posttrain.pipeline import Constraint
-            self.latency = self.latency or Constraint("latency", self.value)
-            self.latency.check()
-        return self
-
-    @property
-    def sparsity(self) -> float:
-        """The final target of the constrained quantity s (what is removed)."""
-        return self.value if self.kind == "sparsity" else 1.0 - self.value
+from ..latency import fit_piecewise_linear
 
 
 class ExpectedCost:
-    """s(gates) for one constraint on one dense model (see the module docstring)."""
+    """s(gates) for one budget kind (prunekit.budget) on one dense model (see the module docstring)."""
 
     def __init__(self, config, kind: str, lengths=None, table: dict | None = None):
         if not config.is_uniform():
@@ -70,7 +40,6 @@ class ExpectedCost:
         if kind == "latency":
             if table is None:
                 raise ValueError("the latency constraint needs the block-latency tables")
-            from ..posttrain.search import fit_piecewise_linear
             self.fits = fit_piecewise_linear(table["mha"]), fit_piecewise_linear(table["ffn"])
             self.dense = float(self.L * (self.fits[0](self.H) + self.fits[1](self.F)))
         elif kind == "sparsity":

@@ -1,4 +1,5 @@
-"""Fisher information of the head and FFN-neuron masks (Kwon et al. 2022, Fisher-based mask search; reference code: prune/fisher.py).
+"""Fisher information of the head and FFN-neuron masks (Kwon et al. 2022, Fisher-based mask search;
+reference code: WoosukKwon/retraining-free-pruning, prune/fisher.py).
 
 Every head and every FFN neuron gets a multiplicative mask fixed at 1. The task loss on training
 labels is back-propagated to the masks only (weights frozen, model in eval mode, so no dropout), one
@@ -18,6 +19,7 @@ seeds the bf16 masks score within the spread that the sample alone causes
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..machine import keep_freed_memory, native_bf16
 from ..masks import Masks
 
@@ -41,7 +43,6 @@ def mask_gradients(model, batches, progress: bool = True, desc: str = "fisher", 
     Under torchrun each process takes every N-th batch and the per-batch gradients are gathered, so
     every process ends with all of them (in batch order).
     """
-    from .. import distributed
     keep_freed_memory()  # each batch reallocates the same buffers (autocast's bf16 weight copies)
     all_batches = list(batches)
     batches = all_batches[distributed.rank()::distributed.world_size()]

@@ -1,5 +1,5 @@
-"""Mask rearrangement (Kwon et al. 2022; reference code: prune/search.py): inside each layer, choose
-*which* units to prune, keeping *how many* the search chose.
+"""Mask rearrangement (Kwon et al. 2022; reference code: WoosukKwon/retraining-free-pruning,
+prune/search.py): inside each layer, choose *which* units to prune, keeping *how many* the search chose.
 
 The search ranks units by the diagonal Fisher, i.e. it assumes units are pruned independently. To
 second order, zeroing a set P of units in one layer raises the loss by about

@@ -1,5 +1,6 @@
 """Mask search: which heads and FFN neurons to keep under a cost budget, given their Fisher importance
-(Kwon et al. 2022, mask search under a FLOPs or latency constraint; reference code: prune/search.py).
+(Kwon et al. 2022, mask search under a FLOPs or latency constraint; reference code:
+WoosukKwon/retraining-free-pruning, prune/search.py).
 
 MACs (search_mac). A head costs the same MACs wherever it is, and so does a neuron, so the problem
 is a knapsack with two item types and additive value. For a fixed number h of kept heads the best
@@ -10,14 +11,13 @@ outright, LayerNorm and bias included, where the reference's masked model kept b
 an empty top FFN collapsed MRPC to the majority class (bench/results/posttrain.md, last note).
 
 Latency (search_latency). Block latency is modelled per layer as a piecewise-linear function of the
-unit count (fit_piecewise_linear): flat at c up to T units (the hardware is under-used anyway), then
+unit count (prunekit.latency.fit_piecewise_linear): flat at c up to T units (the hardware is under-used anyway), then
 c + slope * (n - T); zero units cost nothing (the sublayer is gone). So a kept layer keeps at least its
 T most important units ("base units"), whole layers may be dropped (least base importance first), and
 the rest of the budget buys the globally most important extra units in a sweep like the MAC one.
 Fixes over the reference: the budget left after the fixed costs is computed once per (MHA drops, FFN
-drops) pair instead of being subtracted cumulatively, the objective counts the base units (so
-dropping a layer is charged for what it loses), and the fit starts from an infinite error (so it is
-never empty).
+drops) pair instead of being subtracted cumulatively, and the objective counts the base units (so
+dropping a layer is charged for what it loses).
 """
 import math
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import PrunekitError
+from ..latency import LatencyFit
 
 
 @dataclass
@@ -93,45 +94,6 @@ def search_mac(head_importance, neuron_importance, head_cost: float, neuron_cost
     score = float((head_mask.double() * head_importance.double()).sum() + (neuron_mask.double() * neuron_importance.double()).sum())
     return SearchResult(head_mask, neuron_mask, float(head_mask.sum() * head_cost + neuron_mask.sum() * neuron_cost),
                         budget, score)
-
-
-@dataclass
-class LatencyFit:
-    """latency(n) = 0 for n = 0, c for 1 <= n <= T, c + slope * (n - T) for n > T."""
-    c: float
-    T: int
-    slope: float
-
-    def __call__(self, n):
-        n = torch.as_tensor(n, dtype=torch.float64)
-        return torch.where(n <= 0, torch.zeros_like(n), self.c + self.slope * (n - self.T).clamp(min=0))
-
-    def as_dict(self):
-        return {"c": self.c, "T": self.T, "slope": self.slope}
-
-
-def fit_piecewise_linear(lut) -> LatencyFit:
-    """Least-squares fit of LatencyFit to lut[n-1] = latency with n units, n = 1 .. N.
-
-    For each threshold T: c = mean of the first T entries; the slope of the rest is fitted through
-    (T, c) and clipped at 0. The T with the lowest total squared error wins.
-    """
-    y = torch.as_tensor(lut, dtype=torch.float64).flatten()
-    if len(y) == 0 or not torch.isfinite(y).all():
-        raise PrunekitError("latency table is empty or has non-finite entries")
-    best = None
-    for T in range(1, len(y) + 1):
-        c = float(y[:T].mean())
-        err = float(((y[:T] - c) ** 2).sum())
-        slope = 0.0
-        if T < len(y):
-            x = torch.arange(1, len(y) - T + 1, dtype=torch.float64)
-            r = y[T:] - c
-            slope = max(0.0, float((x * r).sum() / (x * x).sum()))
-            err += float(((r - slope * x) ** 2).sum())
-        if best is None or err < best[0]:
-            best = (err, LatencyFit(c, T, slope))
-    return best[1]
 
 
 def _extra_count(left: float, slope: float, available: int) -> int:
@@ -207,13 +169,3 @@ def _masks_from_choice(importance, order, sorted_imp, kept_layers, T, extra):
     for _, l, u in cand[:extra]:
         mask[l, u] = 1.0
     return mask
-
-
-def estimate_latency(head_mask, neuron_mask, mha_lut, ffn_lut) -> float:
-    """Sum over layers of the measured table entries (lut[n-1]; 0 for an absent sublayer)."""
-    total = 0.0
-    for n in head_mask.sum(1).long().tolist():
-        total += mha_lut[n - 1] if n > 0 else 0.0
-    for n in neuron_mask.sum(1).long().tolist():
-        total += ffn_lut[n - 1] if n > 0 else 0.0
-    return float(total)

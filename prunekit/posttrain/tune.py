@@ -1,5 +1,5 @@
-"""Mask tuning (Kwon et al. 2022, mask tuning; reference code: prune/rescale.py): real-valued scales for the kept heads and neurons,
-fitted layer by layer with least squares so that the pruned model reproduces a teacher's sublayer
+"""Mask tuning (Kwon et al. 2022, mask tuning; reference code: WoosukKwon/retraining-free-pruning,
+prune/rescale.py): real-valued scales for the kept heads and neurons, fitted layer by layer with least squares so that the pruned model reproduces a teacher's sublayer
 outputs.
 
 Teacher: the same weights under the binary "teacher-assistant" masks searched at sqrt(c) (not the
@@ -20,7 +20,8 @@ a scale with |s| > max_scale keeps scale 1, and the loop goes on (the reference 
 
 Decision on the FFN target: the teacher's FFN uses the teacher's neuron mask, so the target is the
 output of the teacher-assistant model as defined. (The reference captured the activations before its
-neuron-mask hook ran, so its FFN target silently used all neurons: prune/rescale.py, get_ffn_lstsq.)
+neuron-mask hook ran, so its FFN target silently used all neurons: WoosukKwon/retraining-free-pruning,
+prune/rescale.py, get_ffn_lstsq.)
 """
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..masks import Masks
 from ..model import attention_bias
+from ..surgery import prune
 
 @dataclass
 class SublayerFit:
@@ -95,7 +97,7 @@ def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bo
 
     batches: a list of dicts with input_ids, attention_mask, token_type_ids (the same sample is
     walked once per layer, so it is held in memory; every real token is fitted, so the caller picks
-    how many examples: pipeline.tuning_subset). teacher, student: Masks with z_head and z_int
+    how many examples: stages.tuning_subset). teacher, student: Masks with z_head and z_int
     for the dense model. Returns (tuned Masks, [SublayerFit per sublayer]).
 
     Both models run in their compact form (prunekit.prune), which computes exactly what the masked
@@ -109,25 +111,12 @@ def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bo
     ffn_target: "assistant" (the default, see the module docstring) or "dense": the FFN target is the
     dense FFN applied to the assistant's input, which is what the reference computed by accident.
     """
-    from ..surgery import prune
     dev = next(model.parameters()).device
     model.eval()
     t_model = prune(model, Masks(z_head=teacher.z_head, z_int=teacher.z_int)).eval()
     s_model = prune(model, Masks(z_head=student.z_head, z_int=student.z_int)).eval()
     head, neuron = student.z_head.clone().float().cpu(), student.z_int.clone().float().cpu()
-    # per batch: teacher input, student input, additive attention bias, real-token mask
-    xt, xs, biases, tok = [], [], [], []
-    for b in batches:
-        ids = b["input_ids"].to(dev)
-        types = b.get("token_type_ids")
-        types = torch.zeros_like(ids) if types is None else types.to(dev)
-        am = b.get("attention_mask")
-        am = torch.ones_like(ids) if am is None else am.to(dev)
-        x = model.bert.embeddings(ids, types)
-        xt.append(x)
-        xs.append(x)  # both models share the embeddings; later layers replace the entries
-        biases.append(attention_bias(am, x.dtype))
-        tok.append(am.bool())
+    xt, xs, biases, tok = first_layer_inputs(model, batches, dev)
     if ffn_target not in ("assistant", "dense"):
         raise ValueError(f"ffn_target must be 'assistant' or 'dense', not {ffn_target!r}")
     bf16 = precision == "bf16"
@@ -152,6 +141,24 @@ def tune_masks(model, batches, teacher: Masks, student: Masks, cls_only_last: bo
             neuron[l, kept] *= s.float().cpu()
             fits.append(fit)
     return Masks(z_head=head, z_int=neuron), fits
+
+
+def first_layer_inputs(model, batches, dev) -> tuple:
+    """Per batch: the teacher's and the student's input to layer 0 (the same embeddings; later layers
+    replace the entries), the additive attention bias and the real-token mask."""
+    xt, xs, biases, tok = [], [], [], []
+    for b in batches:
+        ids = b["input_ids"].to(dev)
+        types = b.get("token_type_ids")
+        types = torch.zeros_like(ids) if types is None else types.to(dev)
+        am = b.get("attention_mask")
+        am = torch.ones_like(ids) if am is None else am.to(dev)
+        x = model.bert.embeddings(ids, types)
+        xt.append(x)
+        xs.append(x)
+        biases.append(attention_bias(am, x.dtype))
+        tok.append(am.bool())
+    return xt, xs, biases, tok
 
 
 def _pass_through(kind, units, l, k, xt, xs, amp, run_teacher, run_student):

@@ -1,15 +1,17 @@
-"""What int8 (and the fused graph) cost in task metric: a fine-tuned model's full dev set scored with
-PyTorch fp32 and with each ONNX variant through ONNX Runtime, the same path as `prunekit eval`.
+"""Study (finished): what int8 (and the fused graph) cost in task metric: a fine-tuned model's full
+dev set scored with PyTorch fp32 and with each ONNX variant through ONNX Runtime, the same path as
+`prunekit eval`. The answer is in bench/results/export_int8.md; bench/stacked.py scores what ships.
 
-    python bench/export_int8_quality.py --model runs/teacher-mrpc --task mrpc --glue-dir ../shared/data/glue
+    python bench/studies/export_int8_quality.py --model runs/teacher-mrpc --task mrpc --glue-dir ../shared/data/glue
     # writes bench/results/export_int8.{md,json}; several --model/--task pairs may be given in turn
     # --glue-dir defaults to $GLUE_DIR; without either the script stops with one line
+    python bench/studies/export_int8_quality.py --replot bench/results/export_int8.json
 
 Prediction agreement with PyTorch is reported beside the metric: a metric can hold while single
 predictions flip both ways.
 """
 import argparse
-import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -17,13 +19,13 @@ from pathlib import Path
 import torch
 
 import prunekit
-from gluedir import add_glue_dir_option, require_glue_dir  # bench/, the script's own folder
-from prunekit.benchmark import environment
+from prunekit.benchmark import environment, glue_dir_option, require_glue_dir, rewrite_table, run_script, write_results
 from prunekit.data import collate, load_task
 from prunekit.export import OnnxClassifier, export_onnx
 from prunekit.metrics import compute_metrics
 from prunekit.training import torch_predictor, trained_labels
 
+PROG = "bench/studies/export_int8_quality.py"
 VARIANTS = {"ORT fp32": {}, "ORT fp32 optimised": {"optimize": True}, "ORT int8": {"quantize": "int8"},
             "ORT int8 optimised": {"optimize": True, "quantize": "int8"}}
 
@@ -82,27 +84,33 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main():
+def main(argv=None) -> int:
+    return run_script(PROG, body, argv)
+
+
+def body(argv) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", action="append", required=True, help="fine-tuned model directory (repeatable)")
-    p.add_argument("--task", action="append", required=True, help="its task (one per --model)")
-    add_glue_dir_option(p)
+    p.add_argument("--model", action="append", default=[], help="fine-tuned model directory (repeatable)")
+    p.add_argument("--task", action="append", default=[], help="its task (one per --model)")
+    glue_dir_option(p)
     p.add_argument("--cache", default="runs/export-int8-quality", help="where the exports are written")
     p.add_argument("--out", default="bench/results/export_int8")
-    args = p.parse_args()
-    if len(args.model) != len(args.task):
+    p.add_argument("--replot", metavar="JSON", help="only write the table of an earlier OUT.json again")
+    args = p.parse_args(argv)
+    if args.replot:
+        print("\n".join(rewrite_table(args.replot, lambda doc: markdown(doc) + "\n", needs=("results",))))
+        return 0
+    if not args.model or len(args.model) != len(args.task):
         p.error("give one --task per --model")
-    args.glue_dir = require_glue_dir(args.glue_dir, args.task, "bench/export_int8_quality.py")
+    glue_dir = require_glue_dir(args.glue_dir, args.task)
     start = time.time()
-    results = [evaluate_model(m, t, args.glue_dir, Path(args.cache)) for m, t in zip(args.model, args.task)]
-    result = {"command": "python " + " ".join(sys.argv), "environment": environment(threads=None),
-              "seconds": round(time.time() - start, 1), "results": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result) + "\n")
+    results = [evaluate_model(m, t, glue_dir, Path(args.cache)) for m, t in zip(args.model, args.task)]
+    result = {"command": shlex.join(["python", PROG, *argv]),
+              "environment": environment(threads=None), "seconds": round(time.time() - start, 1), "results": results}
+    write_results(args.out, markdown(result) + "\n", result)
     print(markdown(result))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

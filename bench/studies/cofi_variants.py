@@ -1,10 +1,14 @@
-"""CoFi variants against plain CoFi, from finished runs: a latency target vs a sparsity target at
-about the same measured ORT latency, and the post-training warm start vs the cold start.
+"""Study (finished): CoFi variants against plain CoFi, from finished runs: a latency target vs a
+sparsity target at about the same measured ORT latency, and the post-training warm start vs the cold
+start. The answers are in bench/results/cofi_variants.md and cofi_variants_mrpc.md.
 
     python bench/latency.py --dense runs/teacher-sst2 --pruned runs/cofi-sst2-0.6 runs/cofi-sst2-lat0.44 \
         runs/cofi-sst2-0.6-warm --runtimes ort --batch 32 --seq 128 --out bench/results/cofi_variants_latency
-    python bench/cofi_variants.py        # reads those runs and that JSON, writes bench/results/cofi_variants.md
-    python bench/cofi_variants.py --task mrpc   # runs/cofi-mrpc-*, bench/results/cofi_variants_mrpc*.{json,md}
+    python bench/studies/cofi_variants.py   # reads those runs and that JSON, writes bench/results/cofi_variants.md
+    python bench/studies/cofi_variants.py --task mrpc   # runs/cofi-mrpc-*, bench/results/cofi_variants_mrpc*.{json,md}
+
+The table reads the runs themselves (each one's report.json and its pruning log, the learning curve),
+so it is written again only where those runs are, under runs/.
 
 The runs (`prunekit compress --method cofi`, commands in each report.json) of one task share one
 schedule (SCHEDULES), one thread each, two runs side by side on the 2-core machine.
@@ -14,9 +18,12 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RUNS = ROOT / "runs"
-RESULTS = ROOT / "bench" / "results"
+from prunekit.benchmark import run_script, write_results
+from prunekit.errors import PrunekitError
+
+PROG = "bench/studies/cofi_variants.py"
+RUNS = Path("runs")
+RESULTS = Path("bench") / "results"
 SCHEDULES = {"sst2": "1 epoch of pruning + 0.5 of fine-tuning, `--reg-lr 0.02 --eval-every 250`",
              "mrpc": "6 epochs of pruning + 3 of fine-tuning, `--reg-lr 0.05 --eval-every 40`"}
 NAMES = {"sst2": "SST-2", "mrpc": "MRPC"}
@@ -35,25 +42,31 @@ def final_metric(r: dict) -> float:
     return dev.get("finetuned", dev["pruned"])[r["main_metric"]]
 
 
-def main():
+def main(argv=None) -> int:
+    return run_script(PROG, body, argv)
+
+
+def body(argv) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", choices=sorted(SCHEDULES), default="sst2")
-    task = p.parse_args().task
+    task = p.parse_args(argv).task
     stem = "cofi_variants" if task == "sst2" else f"cofi_variants_{task}"  # sst2 keeps its first file names
     lat_json = RESULTS / f"{stem}_latency.json"
     if not lat_json.is_file():
-        sys.exit(f"bench/cofi_variants.py: error: run bench/latency.py first (see the docstring); {lat_json} is missing")
+        raise PrunekitError(f"run bench/latency.py first (see the docstring); {lat_json} is missing")
     rows = json.loads(lat_json.read_text())["rows"]
     p50 = {r["model"].split(":", 1)[1]: (r["p50_ms"], r["speedup"]) for r in rows
            if (r["runtime"], r["batch"], r["seq"]) == ("ort", 32, 128)}
     cold_name, warm_name = f"cofi-{task}-0.6", f"cofi-{task}-0.6-warm"
     missing = [n for n in (cold_name, warm_name) if not (RUNS / n / "report.json").is_file()]
     if missing:
-        sys.exit(f"bench/cofi_variants.py: error: no finished run {', '.join('runs/' + n for n in missing)}")
+        raise PrunekitError(f"no finished run {', '.join('runs/' + n for n in missing)}")
     rc = report(cold_name)
     metric = rc["main_metric"]
     teacher_score = rc["dev_metrics"]["teacher"][metric]
+    command = f"python {PROG}" + ("" if task == "sst2" else f" --task {task}")
     lines = [f"# CoFi variants on {NAMES[task]}: latency target, post-training warm start", "",
+             f"Command: `{command}` (from the runs under runs/)", "",
              f"Teacher: runs/teacher-{task}, the final checkpoint (dev {metric} {100 * teacher_score:.2f}). Same "
              f"schedule for every run: {SCHEDULES[task]}, one thread each (two runs side by side on the 2-core "
              f"machine); commands in each run's report.json. ORT latency: `bench/results/{stem}_latency.md` (fp32, "
@@ -100,9 +113,10 @@ def main():
     lines += ["", "Single evaluations are noisy; the mean over the second half of pruning, where both runs hold "
               f"the target: cold {100 * sum(late(cold)) / len(late(cold)):.2f}, warm "
               f"{100 * sum(late(warm)) / len(late(warm)):.2f}."]
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_results(RESULTS / stem, "\n".join(lines) + "\n")
     print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""Block-latency lookup tables for the latency constraint (Kwon et al. 2022, section 3.3).
+"""Block-latency lookup tables for a latency budget (Kwon et al. 2022, section 3.3), and the
+piecewise-linear model both methods read them through (LatencyFit, estimate_latency).
 
 A table holds, for one runtime, device and input shape (batch, sequence length), the measured latency
 of one attention sublayer with n heads (n = 1 .. H) and of one FFN sublayer with n neurons
@@ -20,18 +21,19 @@ import io
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import PrunekitBertConfig
-from ..errors import PrunekitError
-from ..io import write_json
-from ..machine import device_name, load_average
-from ..model import Attention, FeedForward
-from ..timing import median_ms
+from .config import PrunekitBertConfig
+from .errors import PrunekitError
+from .io import write_json
+from .machine import device_name, load_average
+from .model import Attention, FeedForward
+from .timing import median_ms
 
 DEFAULT_CACHE = Path(os.environ.get("PRUNEKIT_CACHE", Path.home() / ".cache" / "prunekit")) / "latency_lut.json"
 
@@ -62,7 +64,7 @@ def _runner(block, inputs: tuple, runtime: str, device: str, threads: int):
     """A zero-argument callable that runs the block once on the given runtime."""
     if runtime == "torch":
         return lambda: block(*inputs)
-    from prunekit.export.runtime import new_session
+    from prunekit.export.runtime import new_session  # onnxruntime: heavy, and only for the ort runtime
     names = ["x", "bias"][:len(inputs)]
     buf = io.BytesIO()
     wrapper = _Block(block).eval()
@@ -152,3 +154,62 @@ def _read_cache(path: Path) -> dict:
     if not isinstance(data, dict) or not all(isinstance(v, dict) and "mha" in v and "ffn" in v for v in data.values()):
         raise PrunekitError(f"{path} is not a prunekit latency table cache")
     return data
+
+
+@dataclass
+class LatencyFit:
+    """latency(n) = 0 for n = 0, c for 1 <= n <= T, c + slope * (n - T) for n > T."""
+    c: float
+    T: int
+    slope: float
+
+    def __call__(self, n):
+        n = torch.as_tensor(n, dtype=torch.float64)
+        return torch.where(n <= 0, torch.zeros_like(n), self.c + self.slope * (n - self.T).clamp(min=0))
+
+    def as_dict(self):
+        return {"c": self.c, "T": self.T, "slope": self.slope}
+
+
+def fit_piecewise_linear(lut) -> LatencyFit:
+    """Least-squares fit of LatencyFit to lut[n-1] = latency with n units, n = 1 .. N.
+
+    For each threshold T: c = mean of the first T entries; the slope of the rest is fitted through
+    (T, c) and clipped at 0. The T with the lowest total squared error wins (the first T is always
+    taken, so the fit is never empty, where the reference's could be).
+    """
+    y = torch.as_tensor(lut, dtype=torch.float64).flatten()
+    if len(y) == 0 or not torch.isfinite(y).all():
+        raise PrunekitError("latency table is empty or has non-finite entries")
+    best = None
+    for T in range(1, len(y) + 1):
+        c = float(y[:T].mean())
+        err = float(((y[:T] - c) ** 2).sum())
+        slope = 0.0
+        if T < len(y):
+            x = torch.arange(1, len(y) - T + 1, dtype=torch.float64)
+            r = y[T:] - c
+            slope = max(0.0, float((x * r).sum() / (x * x).sum()))
+            err += float(((r - slope * x) ** 2).sum())
+        if best is None or err < best[0]:
+            best = (err, LatencyFit(c, T, slope))
+    return best[1]
+
+
+def estimate_latency(head_mask, neuron_mask, mha_lut, ffn_lut) -> float:
+    """Sum over layers of the measured table entries (lut[n-1]; 0 for an absent sublayer)."""
+    total = 0.0
+    for n in head_mask.sum(1).long().tolist():
+        total += mha_lut[n - 1] if n > 0 else 0.0
+    for n in neuron_mask.sum(1).long().tolist():
+        total += ffn_lut[n - 1] if n > 0 else 0.0
+    return float(total)
+
+
+def latency_kept(table: dict, head_mask, neuron_mask) -> float:
+    """The share of the dense model's block latency that (L, H) head and (L, F) unit masks keep, by the
+    tables (a unit counts when its mask is non-zero)."""
+    L, H = head_mask.shape
+    F = neuron_mask.shape[1]
+    dense = estimate_latency(torch.ones(L, H), torch.ones(L, F), table["mha"], table["ffn"])
+    return estimate_latency(head_mask != 0, neuron_mask != 0, table["mha"], table["ffn"]) / dense

@@ -1,8 +1,10 @@
-"""ORT-CPU latency of exported models: dense MiniLM vs a pruned MiniLM, plain vs optimised graph,
-fp32 vs int8, at batch {1, 32} x seq {32, 128}, with a fixed thread count.
+"""Study (finished): ORT-CPU latency of exported models: dense MiniLM vs a pruned MiniLM, plain vs
+optimised graph, fp32 vs int8, at batch {1, 32} x seq {32, 128}, with a fixed thread count. It came
+before the compress runs existed; bench/latency.py times real compact models the same way.
 
-    python bench/export_latency.py                      # writes bench/results/export.{md,json}
-    python bench/export_latency.py --batches 1 8 32 --seqs 32 128 384 --threads 2 --budget 40
+    python bench/studies/export_latency.py              # writes bench/results/export.{md,json}
+    python bench/studies/export_latency.py --batches 1 8 32 --seqs 32 128 384 --threads 2 --budget 40
+    python bench/studies/export_latency.py --replot bench/results/export.json
 
 The pruned model is a stand-in built here: in every layer it keeps the 6 of 12 heads and the 768 of
 1536 FFN units with the largest weight norms (no training, so its accuracy means nothing; only its
@@ -12,10 +14,10 @@ check), loaded once in an ORT CPU session with intra-op threads fixed, warmed up
 and then, per (batch, seq) cell, all eight sessions are timed round-robin with the order rotating
 every round, so that machine drift falls on dense and pruned alike. Sessions run with intra-op
 spinning off: with spinning on, the idle threads of the session that just ran busy-wait on the same
-two cores and made every call 4-10x slower (measured here: dense fp32 b1 s32 115 ms vs 14 ms).
+cores the next session needs.
 """
 import argparse
-import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,9 +27,12 @@ import torch
 from tqdm import tqdm
 
 import prunekit
-from prunekit.benchmark import environment, rounds_for, summarise, time_interleaved, warm_up
+from prunekit.benchmark import (environment, rewrite_table, rounds_for, run_script, summarise, time_interleaved,
+                                warm_up, write_results)
 from prunekit.export import OnnxClassifier, export_onnx
+from prunekit.machine import load_average
 
+PROG = "bench/studies/export_latency.py"
 VARIANTS = {  # name -> export_onnx keyword arguments
     "fp32": {}, "fp32 optimised": {"optimize": True},
     "int8": {"quantize": "int8"}, "int8 optimised": {"optimize": True, "quantize": "int8"},
@@ -65,14 +70,11 @@ def runner(clf, batch):
     return run
 
 
-def loadavg() -> list[float]:
-    try:
-        return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
-    except OSError:
-        return []
+def main(argv=None) -> int:
+    return run_script(PROG, body, argv)
 
 
-def main():
+def body(argv) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--seqs", type=int, nargs="+", default=[32, 128])
@@ -82,9 +84,13 @@ def main():
     p.add_argument("--max-rounds", type=int, default=200)
     p.add_argument("--cache", default="runs/export-bench", help="where the exports are written")
     p.add_argument("--out", default="bench/results/export", help="writes OUT.md and OUT.json")
-    args = p.parse_args()
-    command = "python " + " ".join([sys.argv[0]] + sys.argv[1:])
-    load_start = loadavg()
+    p.add_argument("--replot", metavar="JSON", help="only write the table of an earlier OUT.json again")
+    args = p.parse_args(argv)
+    if args.replot:
+        print("\n".join(rewrite_table(args.replot, lambda doc: markdown(doc) + "\n" + doc.get("analysis", ""))))
+        return 0
+    command = shlex.join(["python", PROG, *argv])
+    load_start = load_average()
 
     dense = prunekit.load_model("minilm", num_labels=2)
     models = {"dense": dense, "pruned": magnitude_pruned(dense)}
@@ -121,16 +127,14 @@ def main():
                          "speedup_vs_dense_same_variant": stats["dense", variant].p50_ms / st.p50_ms,
                          "speedup_vs_dense_fp32_plain": stats["dense", "fp32"].p50_ms / st.p50_ms})
 
-    env = {**environment(args.threads), "loadavg_start": load_start, "loadavg_end": loadavg()}
+    env = {**environment(args.threads), "loadavg_start": load_start, "loadavg_end": load_average()}
     cfg = models["pruned"].config
     result = {"command": command, "environment": env, "pruned_model": PRUNED_LABEL,
               "pruned_structure": {"num_heads": cfg.num_heads, "ffn_dim": cfg.ffn_dim, "hidden_size": cfg.hidden_size},
               "exports": [{"model": m, "variant": v, **e} for (m, v), e in exports.items()], "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result) + "\n")
+    write_results(args.out, markdown(result) + "\n", result)
     print(markdown(result))
+    return 0
 
 
 def markdown(r: dict) -> str:
@@ -164,4 +168,4 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
