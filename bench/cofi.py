@@ -23,14 +23,12 @@ from pathlib import Path
 import torch
 
 import prunekit
-from common import COUNT, THREADS, TimingPlan, command_line, parser, replot, run_grid
+from common import COUNT, THREADS, TimingPlan, cofi_trainer, command_line, parser, replot, run_grid
 from prunekit.benchmark import (check_out, environment, glue_dir_option, prunekit_command, render_results,
                                 require_glue_dir, run_logged, script, table, time_interleaved,
                                 timed_calls, write_results)
-from prunekit.cofi import CoFiConfig, ExpectedCost, Gates, Target
-from prunekit.cofi.distill import LayerDistiller, teacher_layers
-from prunekit.cofi.pipeline import train_args
-from prunekit.cofi.trainer import CoFiTrainer
+from prunekit.budget import Budget
+from prunekit.cofi import CoFiConfig
 from prunekit.data import batch_indices, collate, lengths, load_task
 from prunekit.errors import PrunekitError
 from prunekit.io import write_json
@@ -95,15 +93,10 @@ def step_cost(glue_dir, threads, steps, task="sst2"):
     torch.set_num_threads(threads)
     teacher = prunekit.load_model(str(RUNS / f"teacher-{task}"))
     data = load_task(task, teacher.tokenizer, glue_dir=glue_dir, max_length=128)
-    tmp = RUNS / "step-cost"
-    plain = Trainer(copy.deepcopy(teacher).train(), data, TrainArgs(output=str(tmp / "plain"), lr=2e-5, progress=False))
-    cfg = CoFiConfig(progress=False)
-    cofi = CoFiTrainer(copy.deepcopy(teacher).requires_grad_(True).train(), teacher, data,
-                       train_args(cfg, tmp / "cofi", 10_000, 2105, 2e-5), cfg,
-                       LayerDistiller(teacher.config.hidden_size, teacher_layers(teacher.config.num_layers)),
-                       Gates(teacher.config), ExpectedCost(teacher.config, "sparsity"), Target("sparsity", 0.6), 0, 100)
+    plain = Trainer(copy.deepcopy(teacher).train(), data, TrainArgs(output=None, lr=2e-5, progress=False))
+    cofi = cofi_trainer(teacher, data, CoFiConfig(progress=False), Budget("sparsity", 0.6), steps=10_000)
     plan = batch_indices(data.train, 32, shuffle=True, seed=0, group_by_length=True)
-    batches = [collate([data.train[i] for i in idx]) for idx in plan[:steps + STEP_WARMUP]]
+    batches = [collate([data.train[i] for i in plan[k % len(plan)]]) for k in range(steps + STEP_WARMUP)]
     runners = {"cofi": timed_calls(cofi.train_step, batches), "finetune": timed_calls(plain.train_step, batches)}
     time_interleaved(runners, STEP_WARMUP)
     times = time_interleaved(runners, steps)

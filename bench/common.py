@@ -2,15 +2,19 @@
 latency grid, and the figures.
 
   parser, replot         argparse with --out and --replot, one-line errors and range-checked numbers
-                         (THREADS, COUNT, ...); the --replot of a script that writes a table alone
+                         (THREADS, COUNT, ...; prunekit.options.number for others); the --replot of a
+                         script that writes a table alone
   TimingPlan, run_grid   dense and compact models timed in the same run over runtimes x batch x seq
                          (bench/latency.py; cofi.py and posttrain.py time their models with it too)
+  cofi_trainer           a CoFi pruning trainer as `prunekit compress --method cofi` builds it, whose
+                         train_step cofi.py and train_speed.py time against a fine-tuning step
   latency_figures,       the PNGs of latency.py and stacked.py: one colour per model, one marker per
   pareto_figure          runtime or variant, legends outside the axes
 
 The scripts run as `python bench/NAME.py` from the repository root; Python puts the script's own
 folder, bench/, first on sys.path, which is how they import this module (`from common import ...`).
 """
+import copy
 import math
 import re
 import shlex
@@ -22,19 +26,27 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from prunekit import options
 from prunekit.benchmark import (Row, rewrite_table, rounds_for, save_figure, speedups, suffixed, summarise,
                                 time_interleaved, warm_up)
-from prunekit.cli import OneLineParser, number  # the CLI's one-line usage errors and range checks
+from prunekit.budget import Budget
+from prunekit.cofi import CoFiConfig, ExpectedCost, Gates
+from prunekit.cofi.config import train_args
+from prunekit.cofi.trainer import CoFiTrainer
 from prunekit.cost import macs
+from prunekit.data import Task, lengths
+from prunekit.distill import LayerDistiller, distilled_layers
 from prunekit.export import export_onnx
 from prunekit.export.runtime import open_classifier
+from prunekit.options import OneLineParser, number  # the CLI's one-line usage errors and range checks
 
 # ---------------------------------------------------------------------------------------------
 # Parsing
 
-THREADS = number(int, 1, 1024)
-COUNT = number(int, 1, 10**7)               # rounds, steps, repeats, sizes
-SECONDS = number(float, 0)                  # finite and >= 0
+THREADS = number(int, options.THREADS)
+COUNT = number(int, options.COUNT)          # rounds, steps, repeats, sizes
+SECONDS = number(float, options.NON_NEGATIVE)  # finite and >= 0
+FRACTION = number(float, options.FRACTION)  # budgets and MACs kept: strictly between 0 and 1
 
 
 def parser(prog: str, doc: str, out: str, files: str = "OUT.md, OUT.json") -> OneLineParser:
@@ -183,6 +195,23 @@ def run_grid(models: dict, runtimes, batches, seqs, device: str, threads: int, c
                      macs_ratio=dense_macs / macs(model.config, seq_len=s)["total"])
                  for name, (model, _) in models.items()]
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Training steps
+
+
+def cofi_trainer(teacher, task: Task, config: CoFiConfig, budget: Budget, steps: int = 1000,
+                 warmup_steps: int = 100) -> CoFiTrainer:
+    """The pruning trainer of a copy of `teacher` (the gates, expected size, layer distillation and
+    schedule of `config`, down to `budget`), as prunekit.cofi builds it, for timing its train_step:
+    nothing is written."""
+    cfg = teacher.config
+    return CoFiTrainer(copy.deepcopy(teacher).requires_grad_(True).train(), teacher, task,
+                       train_args(config, None, steps, math.ceil(len(task.train) / config.batch_size), config.lr),
+                       config, LayerDistiller(cfg.hidden_size, distilled_layers(config, cfg.num_layers)),
+                       Gates(cfg, config.gates, config.droprate_init),
+                       ExpectedCost(cfg, budget.kind, lengths(task.train)), budget.sparsity, warmup_steps=warmup_steps)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,15 +22,16 @@ from pathlib import Path
 
 import torch
 
-from common import THREADS, number, parser, replot
+from common import COUNT, FRACTION, THREADS, parser, replot
 from prunekit.benchmark import (check_out, environment, glue_dir_option, render_results, require_glue_dir,
                                 script, suffixed, table, write_results)
+from prunekit.budget import Budget
+from prunekit.evaluation import evaluate_task, torch_predictor
 from prunekit.machine import load_average
 from prunekit.metrics import main_metric
-from prunekit.posttrain.pipeline import (Constraint, PostTrainConfig, compress, default_max_length,
-                                         distill_compact)
+from prunekit.posttrain import METHOD, PostTrainConfig, compress
+from prunekit.posttrain.pipeline import distill_compact
 from prunekit.teachers import load_teacher_and_task
-from prunekit.training import evaluate_task, torch_predictor
 
 PROG = "bench/distill.py"
 TASKS = ("sst2", "mrpc", "rte")
@@ -67,16 +68,15 @@ def verdict(r: dict) -> str:
 def run_task(name: str, args, glue_dir: str, done: set, record):
     """Every missing (MACs, N) row of one task: prune once per budget, then distill each N from it."""
     config = PostTrainConfig(evaluate=False, distill_precision=args.precision)
-    data = {"glue_dir": glue_dir, "max_length": default_max_length(name)}
-    teacher, task, _ = load_teacher_and_task(f"runs/teacher-{name}", name, data, purpose="post-training pruning",
-                                             default_max_length=default_max_length(name))
+    teacher, task, _ = load_teacher_and_task(f"runs/teacher-{name}", name, {"glue_dir": glue_dir},
+                                             "post-training pruning", METHOD.max_length(name))
     teacher_metric = evaluate_task(torch_predictor(teacher), task)[main_metric(name)]
     for macs in args.macs:
         wanted = [n for n in [0, *args.steps] if (name, macs, n, args.precision, args.threads) not in done]
         if not wanted:
             continue
         start = time.perf_counter()
-        compact = compress(teacher, task, Constraint("macs", macs), config).model
+        compact = compress(teacher, task, Budget("macs", macs), config).model
         prune_s = time.perf_counter() - start
         for n in wanted:
             start = time.perf_counter()
@@ -98,9 +98,8 @@ def build_parser():
     p = parser(PROG, __doc__, out="bench/results/distill", files="OUT.md, OUT.json (rows kept: a rerun skips them)")
     glue_dir_option(p)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    p.add_argument("--macs", nargs="+", type=number(float, 0, 1, low_open=True, high_open=True),
-                   default=[0.5, 0.3, 0.2])
-    p.add_argument("--steps", nargs="+", type=number(int, 1, 10**7), default=[200, 500, 2000])
+    p.add_argument("--macs", nargs="+", type=FRACTION, default=[0.5, 0.3, 0.2])
+    p.add_argument("--steps", nargs="+", type=COUNT, default=[200, 500, 2000])
     p.add_argument("--threads", type=THREADS, default=2)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     p.add_argument("--save", action="store_true", help="keep the N = 0 and largest-N models at 50%% MACs in runs/")

@@ -25,10 +25,11 @@ from transformers.utils import logging as hf_logging
 
 import prunekit
 from common import (COUNT, CPU_RUNTIMES, CUDA_RUNTIMES, RUNTIMES, SECONDS, THREADS, TimingPlan, command_line,
-                    latency_figures, number, parser, run_grid)
+                    latency_figures, parser, run_grid)
 from prunekit.benchmark import Row, check_out, environment, markdown_table, render_results, script, write_results
 from prunekit.errors import PrunekitError
 from prunekit.export.runtime import runtime_versions
+from prunekit.options import Range, number
 
 PROG = "bench/latency.py"
 MAX_FOUND = 6  # compact models timed when none are named (each adds a column of work to every cell)
@@ -108,7 +109,7 @@ def build_parser():
                    help=f"seconds of timed rounds per cell (default {plan.budget:g})")
     p.add_argument("--min-rounds", type=COUNT, default=plan.min_rounds)
     p.add_argument("--max-rounds", type=COUNT, default=plan.max_rounds)
-    p.add_argument("--warmup-calls", type=number(int, 0, 10**6), default=plan.warmup_calls)
+    p.add_argument("--warmup-calls", type=number(int, Range(0, 10**6)), default=plan.warmup_calls)
     p.add_argument("--warmup-seconds", type=SECONDS, default=plan.warmup_seconds)
     p.add_argument("--cache", default="runs/bench-cache", help="where ONNX exports are cached")
     return p

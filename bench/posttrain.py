@@ -6,7 +6,8 @@
 
 For each task and each MAC budget (40/50/60% kept) and for the latency mode (50% of the teacher's
 block latency, tables timed in ONNX Runtime on this CPU at batch 32, seq 128), it runs
-`prunekit.posttrain.pipeline.run` (the code behind `prunekit compress --method post-training`) and
+`prunekit.harness.run` with the post-training method (the code behind `prunekit compress --method
+post-training`) and
 records the dev metric of the teacher and after search, rearrangement and tuning, the pruning wall
 time per stage (Fisher + search + rearrange + tune; evaluation excluded), the process CPU time and
 the machine's load average, because the machine is shared. Compact models stay in
@@ -28,12 +29,15 @@ from pathlib import Path
 import torch
 
 import prunekit
-from common import THREADS, TimingPlan, command_line, number, parser, replot, run_grid
+from common import FRACTION, THREADS, TimingPlan, command_line, parser, replot, run_grid
 from prunekit.benchmark import (check_out, environment, glue_dir_option, require_glue_dir, script,
                                 table, write_results)
+from prunekit.budget import Budget, Deployment
+from prunekit.harness import run
 from prunekit.io import write_json
 from prunekit.machine import load_average
-from prunekit.posttrain.pipeline import Constraint, PostTrainConfig, run
+from prunekit.options import Range, number
+from prunekit.posttrain import METHOD, PostTrainConfig
 
 PROG = "bench/posttrain.py"
 RUNS = Path("runs")
@@ -48,26 +52,25 @@ ABLATIONS = [  # (run suffix, label, compress() options), each at 50% MACs
 ]
 SEEDS = ("", "seed 1", "seed 2")  # the variants whose drops are averaged: seed 0 is the main run
 SPEED = TimingPlan(budget=8.0, min_rounds=10, max_rounds=60, warmup_calls=3, warmup_seconds=1.0)
-FRACTION = number(float, 0, 1, low_open=True, high_open=True)
 
 
 def budgets(args):
-    out = [(f"{m:g}", Constraint("macs", m)) for m in args.macs]
+    out = [(f"{m:g}", Budget("macs", m)) for m in args.macs]
     if not args.no_latency:
-        out += [(f"lat{v:g}", Constraint("latency", v, latency_batch=32, latency_seq_len=128, latency_threads=2,
-                                          lut_cache=str(RUNS / "latency_lut.json")))
-                for v in args.latency]
+        deployment = Deployment(latency_batch=32, latency_seq_len=128, latency_threads=2,
+                                lut_cache=str(RUNS / "latency_lut.json"))
+        out += [(f"lat{v:g}", Budget("latency", v, deployment)) for v in args.latency]
     return out
 
 
-def run_one(task, tag, constraint, glue_dir, options=None, suffix=""):
+def run_one(task, tag, budget: Budget, glue_dir, options=None, suffix=""):
     out = RUNS / f"pt-{task}-{tag}{suffix}"
     if (out / "report.json").is_file():
         print(f"reusing {out}", file=sys.stderr)
         report = json.loads((out / "report.json").read_text())
     else:
         load = load_average()
-        report = run(str(RUNS / f"teacher-{task}"), task, str(out), constraint,
+        report = run(METHOD, str(RUNS / f"teacher-{task}"), task, str(out), budget,
                      PostTrainConfig(**(options or {})), data={"glue_dir": glue_dir}, overwrite=True)
         report["load_average_before"], report["load_average_after"] = load, load_average()
         write_json(out / "report.json", report)
@@ -85,7 +88,7 @@ def timing(tasks, glue_dir, threads, repeats):
         for task, precision, i in ((t, p, i) for t in tasks for p in ("fp32", "bf16") for i in range(repeats)):
             with tempfile.TemporaryDirectory() as tmp:
                 load = load_average()
-                r = run(str(RUNS / f"teacher-{task}"), task, str(Path(tmp) / "pt"), Constraint("macs", 0.5),
+                r = run(METHOD, str(RUNS / f"teacher-{task}"), task, str(Path(tmp) / "pt"), Budget("macs", 0.5),
                         PostTrainConfig(evaluate=False, progress=False, fisher_precision=precision),
                         data={"glue_dir": glue_dir})
             out.append({"task": task, "repeat": i, "threads": threads, "seconds": r["seconds"],
@@ -204,7 +207,7 @@ def build_parser():
     p.add_argument("--threads", type=THREADS, default=2, help="torch intra-op threads (default 2). On a machine "
                    "shared with other jobs, 1 avoids OpenMP threads waiting on each other")
     p.add_argument("--speed-threads", type=THREADS, default=2, help="ORT threads for the speed-up (default 2)")
-    p.add_argument("--timing", type=number(int, 0, 1000), default=0, metavar="N", help="also time the pruning alone "
+    p.add_argument("--timing", type=number(int, Range(0, 1000)), default=0, metavar="N", help="also time the pruning alone "
                    "N times per task at 50%% MACs with --timing-threads threads")
     p.add_argument("--timing-threads", type=THREADS, default=2)
     return p
@@ -218,9 +221,9 @@ def main(argv: list[str]) -> int:
     glue_dir = require_glue_dir(args.glue_dir, args.tasks + (args.ablation_tasks if args.ablations else []))
     check_out(args.out)
     torch.set_num_threads(args.threads)
-    results = [run_one(task, tag, constraint, glue_dir) for task in args.tasks for tag, constraint in budgets(args)]
+    results = [run_one(task, tag, budget, glue_dir) for task in args.tasks for tag, budget in budgets(args)]
     if args.ablations:
-        results += [{**run_one(task, "0.5", Constraint("macs", 0.5), glue_dir, options, "-" + suffix), "variant": name}
+        results += [{**run_one(task, "0.5", Budget("macs", 0.5), glue_dir, options, "-" + suffix), "variant": name}
                     for task in args.ablation_tasks for suffix, name, options in ABLATIONS]
     timings = timing(args.tasks, glue_dir, args.timing_threads, args.timing) if args.timing else []
     latency = [] if args.no_speed else speed([r for r in results if not r.get("variant")], args.speed_threads)

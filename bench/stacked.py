@@ -9,9 +9,10 @@ scored on the full dev set through ONNX Runtime and timed in ORT-CPU at b1/s128 
 
 Each variant is what `prunekit export --onnx --optimize [--quantize int8 | int8-static --task T]`
 ships (the fused graph kept only where it is faster, export_report.json says which); static int8
-calibrates on CALIBRATION training examples. All sessions of a shape are timed round-robin with the
-order rotating each round (bench/latency.py's method, intra-op spinning off), P50 reported. With several
---runtimes every variant is scored and timed in each; the reference is the dense fp32 model in the first.
+calibrates on as many training examples as `prunekit export` does by default. All sessions of a
+shape are timed round-robin with the order rotating each round (bench/latency.py's method, intra-op
+spinning off), P50 reported. With several --runtimes every variant is scored and timed in each; the
+reference is the dense fp32 model in the first.
 """
 import sys
 import time
@@ -21,19 +22,16 @@ import prunekit
 from common import COUNT, THREADS, command_line, make_runner, pareto_figure, parser, synthetic_batch
 from prunekit.benchmark import (check_out, environment, glue_dir_option, render_results, require_glue_dir, script,
                                 summarise, table, time_interleaved, warm_up, write_results)
-from prunekit.cli import calibration_feeds  # library code that lives in the CLI for now
 from prunekit.cost import macs
-from prunekit.data import load_task
 from prunekit.errors import PrunekitError
+from prunekit.evaluation import CALIBRATION_SAMPLES, calibration_feeds, evaluate_task, task_for
 from prunekit.export import export_onnx
 from prunekit.export.runtime import RUNTIMES, open_classifier, runtime_versions
 from prunekit.metrics import main_metric
-from prunekit.training import evaluate_task, trained_labels
 
 PROG = "bench/stacked.py"
 VARIANTS = {"fp32": {}, "int8 dynamic": {"quantize": "int8"}, "int8 static": {"quantize": "int8-static"}}
 SHAPES = ((1, 128), (32, 128))
-CALIBRATION = 256  # static int8's calibration examples: what `prunekit export` takes by default
 
 
 def build_parser():
@@ -96,12 +94,11 @@ def score_variants(models: dict, dense_config, task_name: str, glue_dir: str, ca
     rows, sessions = [], {}
     for label, path in models.items():
         model = prunekit.load_model(path)
-        task = load_task(task_name, model.tokenizer, glue_dir=glue_dir, with_train=False,
-                         labels=trained_labels(model.config))
+        task = task_for(model.config, model.tokenizer, task_name, path, with_train=False, glue_dir=glue_dir)
         kept = macs(model.config, seq_len=128)["total"] / macs(dense_config, seq_len=128)["total"]
         for variant, kwargs in VARIANTS.items():
             out = cache / label / variant.replace(" ", "-")
-            calib = (calibration_feeds(model, path, task_name, glue_dir, CALIBRATION)
+            calib = (calibration_feeds(model, path, task_name, glue_dir, CALIBRATION_SAMPLES)
                      if kwargs.get("quantize") == "int8-static" else None)
             start = time.perf_counter()
             report = export_onnx(model, out, optimize=True, overwrite=True, source=path, calibration=calib,

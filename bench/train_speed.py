@@ -19,18 +19,15 @@ import os
 import platform
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
 import prunekit
-from common import COUNT, command_line, parser, replot
+from common import COUNT, cofi_trainer, command_line, parser, replot
 from prunekit.benchmark import (check_out, environment, script, table, time_interleaved, timed_calls,
                                 write_results)
-from prunekit.cofi import CoFiConfig, ExpectedCost, Gates, Target
-from prunekit.cofi.distill import LayerDistiller, teacher_layers
-from prunekit.cofi.pipeline import train_args
-from prunekit.cofi.trainer import CoFiTrainer
+from prunekit.budget import Budget
+from prunekit.cofi import CoFiConfig
 from prunekit.data import Task, collate
 from prunekit.machine import keep_freed_memory, load_average, native_bf16
 from prunekit.training import Trainer, TrainArgs
@@ -51,14 +48,11 @@ def trainers_for(base, task: Task, batch_size: int, paths) -> dict:
     """(step, kernels, precision) -> a trainer of a fresh copy of `base`, for each path."""
     trainers = {}
     for kernels, precision in paths:
-        args = TrainArgs(output="unused", batch_size=batch_size, kernels=kernels, precision=precision)
+        args = TrainArgs(output=None, batch_size=batch_size, kernels=kernels, precision=precision)
         trainers["finetune", kernels, precision] = Trainer(copy.deepcopy(base).train(), task, args)
-        cfg = CoFiConfig(kernels=kernels, precision=precision, progress=False)
-        teacher = copy.deepcopy(base).set_kernels(kernels)
-        trainers["cofi", kernels, precision] = CoFiTrainer(
-            copy.deepcopy(base).train(), teacher, task, train_args(cfg, Path("unused"), 1000, 10, 2e-5), cfg,
-            LayerDistiller(base.config.hidden_size, teacher_layers(base.config.num_layers)), Gates(base.config),
-            ExpectedCost(base.config, "sparsity"), Target("sparsity", 0.6), 0, 100)
+        cfg = CoFiConfig(kernels=kernels, precision=precision, batch_size=batch_size, progress=False)
+        trainers["cofi", kernels, precision] = cofi_trainer(copy.deepcopy(base).set_kernels(kernels), task, cfg,
+                                                            Budget("sparsity", 0.6))
     return trainers
 
 

@@ -22,8 +22,8 @@ log l against it):
 A padded key gets a large finite bias rather than -inf, exactly as the eager model's dtype-min
 bias does: a row whose keys are all padding then averages V uniformly instead of producing NaN.
 Keys past S (the ragged end of the last block) are -inf: they do not exist. No atomics: the gate
-gradient is written per (batch, head, key block) and summed by torch, so results are bit-identical
-from run to run.
+gradient is written per (batch, head, key) and summed by torch, so results are bit-identical from run
+to run (for a given config: on a GPU, autotuning picks the tiles per shape, kernels/tuning.py).
 
 File layout, as in the Triton tutorials: the kernels, their launchers, the autograd Function, then
 the PyTorch reference that tests compare against.
@@ -34,7 +34,25 @@ import torch
 import triton
 import triton.language as tl
 
-PAD_BIAS = -1.0e30  # a padded key's score (finite, like the eager model's dtype-min bias)
+from .tuning import DOT_PRECISION, autotune, bucket
+
+PAD_BIAS = tl.constexpr(-1.0e30)  # a padded key's score (finite, like the eager model's dtype-min bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# configs: (BLOCK_M, BLOCK_N, num_warps, num_stages), for d_h 32 / 64 and sequences of 128 to 512
+
+
+def _configs(shapes):
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+
+
+FWD_CONFIGS = _configs([(64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (64, 32, 4, 3)])
+DKDV_CONFIGS = _configs([(64, 64, 8, 2), (32, 64, 8, 2), (64, 64, 8, 3)])     # BLOCK_N keys held, BLOCK_M rows walked
+DQ_CONFIGS = _configs([(64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2)])
+INTERPRETER = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64})
+DELTA_BLOCK = 64                       # rows per program of the delta kernel (a row-wise sum: no tuning)
+ATTN_KEY = ["seq_key", "HEAD_DIM"]      # seq_key = bucket(seq_len)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,7 +77,7 @@ def _row_stats(M, L, DELTA, bh, seq_len, rows, row_ok):
 @triton.jit
 def _scores(q, k, keep, col_ok, sm_scale):
     """S = Q K^T / sqrt(d_h) + the key bias, in fp32; keys past the end are -inf: (BLOCK_M, BLOCK_N)."""
-    s = tl.dot(q, tl.trans(k), input_precision="ieee").to(tl.float32) * sm_scale
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION).to(tl.float32) * sm_scale
     s = s + tl.where(keep > 0, 0.0, PAD_BIAS)[None, :]
     return tl.where(col_ok[None, :], s, float("-inf"))
 
@@ -71,9 +89,10 @@ def _probs(q, k, keep, m, l, row_ok, col_ok, sm_scale):
     return tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
 
 
+@autotune(FWD_CONFIGS, INTERPRETER, ATTN_KEY)
 @triton.jit
-def _attn_fwd(Q, K, V, KEEP, GATE, O, M, L, seq_len, sm_scale, n_heads,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+def _attn_fwd(Q, K, V, KEEP, GATE, O, M, L, seq_len, seq_key, sm_scale, n_heads,
+              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (query block, b*h): O = gate * softmax(S) V by online softmax, and each row's m, l."""
     start_m, bh = tl.program_id(0), tl.program_id(1)            # bh = b * n_heads + h
     b, h = bh // n_heads, bh % n_heads
@@ -94,7 +113,7 @@ def _attn_fwd(Q, K, V, KEEP, GATE, O, M, L, seq_len, sm_scale, n_heads,
         alpha = tl.exp(m_i - m_new)                                               # rescales what came before
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee").to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION).to(tl.float32)
         m_i = m_new
     out = acc / l_i[:, None] * tl.load(GATE + h).to(tl.float32)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -115,10 +134,11 @@ def _attn_bwd_delta(O, DO, DELTA, seq_len, BLOCK_M: tl.constexpr, HEAD_DIM: tl.c
     tl.store(DELTA + bh * seq_len + rows, tl.sum(o * do, 1), mask=ok)
 
 
+@autotune(DKDV_CONFIGS, INTERPRETER, ATTN_KEY)
 @triton.jit
-def _attn_bwd_dkdv(Q, K, V, KEEP, GATE, DO, M, L, DELTA, DK, DV, DGATE, seq_len, sm_scale, n_heads, n_kblocks,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """One program per (key block, b*h): dK and dV of its keys, and its share of dgate[h]."""
+def _attn_bwd_dkdv(Q, K, V, KEEP, GATE, DO, M, L, DELTA, DK, DV, DGATE, seq_len, seq_key, sm_scale, n_heads,
+                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One program per (key block, b*h): dK and dV of its keys, and each key's share of dgate[h]."""
     start_n, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // n_heads, bh % n_heads
     base = bh * seq_len * HEAD_DIM
@@ -136,21 +156,22 @@ def _attn_bwd_dkdv(Q, K, V, KEEP, GATE, DO, M, L, DELTA, DK, DV, DGATE, seq_len,
         q, do = _tile(Q, base, rows, row_ok, HEAD_DIM), _tile(DO, base, rows, row_ok, HEAD_DIM)
         m, l, delta = _row_stats(M, L, DELTA, bh, seq_len, rows, row_ok)
         p = _probs(q, k, keep, m, l, row_ok, col_ok, sm_scale)                   # (BLOCK_M, BLOCK_N)
-        dp_u = tl.dot(do, tl.trans(v), input_precision="ieee").to(tl.float32)    # dO V^T, ungated
+        dp_u = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION).to(tl.float32)   # dO V^T, ungated
         dgate += tl.sum(p * dp_u, 0)
-        dv += tl.dot(tl.trans(p * gate).to(do.dtype), do, input_precision="ieee").to(tl.float32)  # P^T (gate dO)
+        dv += tl.dot(tl.trans(p * gate).to(do.dtype), do, input_precision=DOT_PRECISION).to(tl.float32)  # P^T gate dO
         ds = p * (gate * dp_u - delta[:, None])
-        dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision="ieee").to(tl.float32)
+        dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=DOT_PRECISION).to(tl.float32)
     offs_d = tl.arange(0, HEAD_DIM)
     ptrs = base + cols[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(DK + ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DV + ptrs, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
-    tl.store(DGATE + bh * n_kblocks + start_n, tl.sum(dgate, 0))
+    tl.store(DGATE + bh * seq_len + cols, dgate, mask=col_ok)
 
 
+@autotune(DQ_CONFIGS, INTERPRETER, ATTN_KEY)
 @triton.jit
-def _attn_bwd_dq(Q, K, V, KEEP, GATE, DO, M, L, DELTA, DQ, seq_len, sm_scale, n_heads,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
+def _attn_bwd_dq(Q, K, V, KEEP, GATE, DO, M, L, DELTA, DQ, seq_len, seq_key, sm_scale, n_heads,
+                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One program per (query block, b*h): dQ of its rows."""
     start_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // n_heads, bh % n_heads
@@ -167,65 +188,65 @@ def _attn_bwd_dq(Q, K, V, KEEP, GATE, DO, M, L, DELTA, DQ, seq_len, sm_scale, n_
         k, v = _tile(K, base, cols, col_ok, HEAD_DIM), _tile(V, base, cols, col_ok, HEAD_DIM)
         keep = tl.load(KEEP + b * seq_len + cols, mask=col_ok, other=0.0)
         p = _probs(q, k, keep, m, l, row_ok, col_ok, sm_scale)
-        ds = p * (gate * tl.dot(do, tl.trans(v), input_precision="ieee").to(tl.float32) - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee").to(tl.float32)
+        ds = p * (gate * tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION).to(tl.float32) - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION).to(tl.float32)
     offs_d = tl.arange(0, HEAD_DIM)
     tl.store(DQ + base + rows[:, None] * HEAD_DIM + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
              mask=row_ok[:, None])
 
 
 # ---------------------------------------------------------------------------------------------
-# launchers
+# launchers: every tensor is made contiguous here (the kernels index with stride 1 along d_h and S)
 
 
-def _blocks(seq_len: int):
-    """Block sizes: 64 x 64 tiles (fewer, larger tiles: far faster in the interpreter and fine on GPUs
-    for d_h <= 64); short sequences use a smaller tile, never below the 16 that tl.dot needs on GPUs."""
-    block = 64 if seq_len > 32 else (32 if seq_len > 16 else 16)
-    return block, block
+HEAD_DIMS = (32, 64)  # the head dims compile_check compiles: BERT-family models' (MiniLM 32, the rest 64)
+
+
+def _grid(seq_len: int, block: str, bh: int):
+    """Programs over (the query or key blocks of the config autotuning picked, b*h)."""
+    return lambda meta: (triton.cdiv(seq_len, meta[block]), bh)
 
 
 def check_inputs(q, k, v, key_mask, gate):
     B, H, S, D = q.shape
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must have one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if key_mask.shape != (B, S) or gate.shape != (H,):
         raise ValueError(f"key_mask must be {(B, S)} and gate {(H,)}, got {tuple(key_mask.shape)}, {tuple(gate.shape)}")
-    if D < 16 or D & (D - 1):
-        raise ValueError(f"the Triton attention kernel needs a power-of-two head dim >= 16, got {D}")
+    if D not in HEAD_DIMS:
+        raise ValueError(f"the Triton attention kernel tiles head dims {', '.join(map(str, HEAD_DIMS))}, got {D}")
 
 
 def attention_forward(q, k, v, key_mask, gate):
     """(O, m, l): O = gate[h] * softmax(QK^T/sqrt(d) + bias) V; m, l each row's max and sum (fp32)."""
     check_inputs(q, k, v, key_mask, gate)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q, k, v, gate = q.contiguous(), k.contiguous(), v.contiguous(), gate.contiguous()
     B, H, S, D = q.shape
     keep = key_mask.to(torch.float32).contiguous()
     o = torch.empty_like(q)
     m = torch.empty(B, H, S, device=q.device, dtype=torch.float32)
     l = torch.empty_like(m)
-    BM, BN = _blocks(S)
-    _attn_fwd[(triton.cdiv(S, BM), B * H)](q, k, v, keep, gate.contiguous(), o, m, l, S, 1.0 / math.sqrt(D), H,
-                                           BLOCK_M=BM, BLOCK_N=BN, HEAD_DIM=D)
+    _attn_fwd[_grid(S, "BLOCK_M", B * H)](q, k, v, keep, gate, o, m, l, S, bucket(S), 1.0 / math.sqrt(D), H,
+                                          HEAD_DIM=D)
     return o, m, l
 
 
 def attention_backward(q, k, v, key_mask, gate, o, m, l, do):
     """(dq, dk, dv, dgate) for the gradient do of the gated output o."""
+    q, k, v, gate, o, m, l, do = (t.contiguous() for t in (q, k, v, gate, o, m, l, do))
     B, H, S, D = q.shape
-    do = do.contiguous()
     keep = key_mask.to(torch.float32).contiguous()
-    BM, BN = _blocks(S)
     delta = torch.empty(B, H, S, device=q.device, dtype=torch.float32)
-    _attn_bwd_delta[(triton.cdiv(S, BM), B * H)](o, do, delta, S, BLOCK_M=BM, HEAD_DIM=D)
+    _attn_bwd_delta[(triton.cdiv(S, DELTA_BLOCK), B * H)](o, do, delta, S, BLOCK_M=DELTA_BLOCK, HEAD_DIM=D)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    n_kblocks = triton.cdiv(S, BN)
-    dgate_parts = torch.empty(B, H, n_kblocks, device=q.device, dtype=torch.float32)
+    dgate_parts = torch.empty(B, H, S, device=q.device, dtype=torch.float32)    # one per key: summed below
     scale = 1.0 / math.sqrt(D)
-    _attn_bwd_dkdv[(n_kblocks, B * H)](q, k, v, keep, gate, do, m, l, delta, dk, dv, dgate_parts, S, scale, H,
-                                       n_kblocks, BLOCK_M=BM, BLOCK_N=BN, HEAD_DIM=D)
-    _attn_bwd_dq[(triton.cdiv(S, BM), B * H)](q, k, v, keep, gate, do, m, l, delta, dq, S, scale, H,
-                                              BLOCK_M=BM, BLOCK_N=BN, HEAD_DIM=D)
+    _attn_bwd_dkdv[_grid(S, "BLOCK_N", B * H)](q, k, v, keep, gate, do, m, l, delta, dk, dv, dgate_parts, S,
+                                               bucket(S), scale, H, HEAD_DIM=D)
+    _attn_bwd_dq[_grid(S, "BLOCK_M", B * H)](q, k, v, keep, gate, do, m, l, delta, dq, S, bucket(S), scale, H,
+                                             HEAD_DIM=D)
     return dq, dk, dv, dgate_parts.sum((0, 2)).to(gate.dtype)
 
 
@@ -236,7 +257,7 @@ def attention_backward(q, k, v, key_mask, gate, o, m, l, do):
 class MaskedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, key_mask, gate):
-        q, k, v, gate = q.contiguous(), k.contiguous(), v.contiguous(), gate.contiguous()
+        q, k, v, gate = q.contiguous(), k.contiguous(), v.contiguous(), gate.contiguous()  # saved once, as used
         o, m, l = attention_forward(q, k, v, key_mask, gate)
         ctx.save_for_backward(q, k, v, key_mask, gate, o, m, l)
         return o
@@ -262,7 +283,7 @@ def masked_attention(q, k, v, key_mask, gate=None):
 def attention_reference(q, k, v, key_mask, gate=None):
     """The same computation in plain PyTorch (what prunekit's eager model does), any dtype."""
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])                 # (B, H, S, S)
-    pad = max(PAD_BIAS, torch.finfo(scores.dtype).min)                         # fp16 cannot hold -1e30
+    pad = max(PAD_BIAS.value, torch.finfo(scores.dtype).min)                         # fp16 cannot hold -1e30
     bias = torch.where(key_mask[:, None, None, :] > 0, 0.0, pad).to(scores.dtype)
     out = torch.softmax(scores + bias, dim=-1) @ v
     if gate is not None:

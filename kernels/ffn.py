@@ -15,9 +15,11 @@ matmul with an activation, grown a few epilogues):
               dA = z_ffn * T * z_int * gelu'(A)              (A read back tile by tile)
           with per-row-block partial sums of dz_int = sum_n z_ffn T gelu(A), db_up = sum_n dA and
           dz_ffn = sum H * T, so no extra pass ever walks the [N, F] tensors for them;
-  "plain" alpha * (A B): the weight gradients and dX.
+  "scaled" z * (A B), z a 1-element tensor (1 unless given): the weight gradients and dX.
 Partial sums are written per row block and added by torch: no atomics, so every result is
-bit-identical from run to run. Transposes cost nothing: the launcher passes strides.
+bit-identical from run to run (for a given config: on a GPU, autotuning picks the tiles per shape).
+Transposes cost nothing: the launcher passes strides. z_ffn stays a device tensor throughout (no
+host synchronisation in the backward). Tiles, the fp32 (TF32) policy and autotuning: kernels/tuning.py.
 
 Backward, in full:  T = dY W_down (dh)  ->  dA, dz_int, db_up, dz_ffn (minus its bias term)
                     dW_down = z_ffn dY^T H     dX = dA W_up     dW_up = dA^T X
@@ -27,10 +29,35 @@ import torch
 import triton
 import triton.language as tl
 
-SQRT1_2 = 0.7071067811865476
-INV_SQRT_2PI = 0.3989422804014327
+from .tuning import DOT_PRECISION, autotune, bucket
 
-EPILOGUES = {"plain": 0, "up": 1, "down": 2, "dh": 3}
+SQRT1_2 = tl.constexpr(0.7071067811865476)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+
+EPILOGUES = {"scaled": 0, "up": 1, "down": 2, "dh": 3}
+
+def _configs(shapes):
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+            for m, n, k, w, s in shapes]
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for BERT-base and MiniLM GEMMs (d 384 / 768,
+# F 1536 / 3072, 4k to 16k tokens). The "dh" epilogue holds four tiles at once (T, A, gelu(A), dA), so it
+# gets tiles of 32 accumulator elements per thread; the others 64. Every one compiles without register
+# spills and fits sm_80's shared memory in fp32 too (compile_check).
+CONFIGS = _configs([(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 3)])
+DH_CONFIGS = _configs([(64, 64, 32, 4, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3)])
+INTERPRETER = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64})
+MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in CONFIGS + DH_CONFIGS + [INTERPRETER])   # sizes the "dh" partial sums
+MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in CONFIGS + DH_CONFIGS + [INTERPRETER])
+
+
+def _configs_of_epilogue(configs, named_args, EPILOGUE, **kwargs):
+    """Autotuning's candidates for this launch: DH_CONFIGS for the "dh" epilogue, CONFIGS for the rest."""
+    return DH_CONFIGS if EPILOGUE == EPILOGUES["dh"] else CONFIGS
+
+
+PARTS = ["PART_A", "PART_B", "PART_C"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,8 +74,10 @@ def _gelu_grad(x):
     return 0.5 * (1.0 + tl.erf(x * SQRT1_2)) + x * INV_SQRT_2PI * tl.exp(-0.5 * x * x)
 
 
+@autotune(CONFIGS + DH_CONFIGS, INTERPRETER, ["m_key", "n_key", "k_key", "EPILOGUE"], reset_to_zero=PARTS,
+          prune_configs_by={"early_config_prune": _configs_of_epilogue})
 @triton.jit
-def _matmul(A, B, C, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, alpha,
+def _matmul(A, B, C, M, N, K, m_key, n_key, k_key, stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
             BIAS, ZCOL, ZSCALAR, PRE, PART_A, PART_B, PART_C,
             EPILOGUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """C[M, N] = epilogue(A[M, K] @ B[K, N]); see the module docstring for the epilogues."""
@@ -64,11 +93,11 @@ def _matmul(A, B, C, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride
                     mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(B + (k0 + offs_k)[:, None] * stride_bk + offs_n[None, :] * stride_bn,
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc += tl.dot(a, b, input_precision="ieee").to(tl.float32)
+        acc += tl.dot(a, b, input_precision=DOT_PRECISION).to(tl.float32)
     ok = m_ok[:, None] & n_ok[None, :]
     c_ptrs = offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
-    if EPILOGUE == 0:                                                   # plain
-        out = acc * alpha
+    if EPILOGUE == 0:                                                   # scaled: z * (A B)
+        out = acc * tl.load(ZSCALAR).to(tl.float32)
     elif EPILOGUE == 1:                                                 # up: A and H = gelu(A) * z_int
         pre = acc + tl.load(BIAS + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(PRE + c_ptrs, pre.to(PRE.dtype.element_ty), mask=ok)
@@ -93,30 +122,28 @@ def _matmul(A, B, C, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride
 # launcher
 
 
-def _block(n: int, cap: int) -> int:
-    """A power of two >= 16 covering n up to cap (big tiles: few programs, fast in the interpreter)."""
-    return max(16, min(cap, triton.next_power_of_2(n)))
-
-
-def matmul(a, b, epilogue="plain", alpha=1.0, bias=None, zcol=None, zscalar=None, pre=None, out_dtype=None):
-    """epilogue(a @ b) for 2-D a [M, K], b [K, N] of any strides. Returns C (and, for "up", the
-    pre-activation; for "dh", the partial sums (dz_int [rows, N], db_up [rows, N], dz_ffn [rows, cols]))."""
+def matmul(a, b, epilogue="scaled", bias=None, zcol=None, zscalar=None, pre=None, out_dtype=None):
+    """epilogue(a @ b) for 2-D a [M, K], b [K, N] of any strides (1-D bias / zcol and the pre-activation
+    are made contiguous here: the kernel indexes them with stride 1 and C's strides). Returns C (and,
+    for "up", the pre-activation; for "dh", the partial sums (dz_int, db_up, dz_ffn), each to be summed
+    over its rows)."""
     M, K = a.shape
     N = b.shape[1]
     c = torch.empty(M, N, device=a.device, dtype=out_dtype or a.dtype)
-    BM, BN, BK = _block(M, 64), _block(N, 64), _block(K, 64)
-    grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
-    dummy = c  # pointer arguments an epilogue does not read
-    parts = [dummy] * 3
+    if zscalar is None:
+        zscalar = torch.ones(1, device=a.device, dtype=torch.float32)
+    bias, zcol, zscalar, pre = (t if t is None else t.contiguous() for t in (bias, zcol, zscalar, pre))
+    parts = [c] * 3                                       # pointer arguments an epilogue does not read
     if epilogue == "up":
         pre = torch.empty_like(c)
-    if epilogue == "dh":
-        parts = [torch.empty(grid[0], N, device=a.device, dtype=torch.float32) for _ in range(2)]
-        parts.append(torch.empty(grid[0], grid[1], device=a.device, dtype=torch.float32))
-    _matmul[grid](a, b, c, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-                  alpha, dummy if bias is None else bias, dummy if zcol is None else zcol,
-                  dummy if zscalar is None else zscalar, dummy if pre is None else pre, *parts,
-                  EPILOGUE=EPILOGUES[epilogue], BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK)
+    if epilogue == "dh":                                  # rows for the smallest tiles; unused rows stay 0
+        rows, cols = triton.cdiv(M, MIN_BLOCK_M), triton.cdiv(N, MIN_BLOCK_N)
+        parts = [torch.zeros(rows, N, device=a.device, dtype=torch.float32) for _ in range(2)]
+        parts.append(torch.zeros(rows * cols, device=a.device, dtype=torch.float32))
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))
+    _matmul[grid](a, b, c, M, N, K, bucket(M), bucket(N), bucket(K), a.stride(0), a.stride(1), b.stride(0),
+                  b.stride(1), c.stride(0), c.stride(1), c if bias is None else bias, c if zcol is None else zcol,
+                  zscalar, c if pre is None else pre, *parts, EPILOGUE=EPILOGUES[epilogue])
     if epilogue == "up":
         return c, pre
     if epilogue == "dh":
@@ -140,15 +167,15 @@ class MaskedFFN(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        """No host synchronisation: z_ffn stays on the device (a pointer the kernels read)."""
         x, w_up, z_int, w_down, b_down, z_ffn, pre, h = ctx.saved_tensors
         dy = dy.contiguous()
         da, (dz_int, db_up, dz_ffn) = matmul(dy, w_down, "dh", zcol=z_int, zscalar=z_ffn, pre=pre)
         dy_sum = dy.float().sum(0)
-        zs = float(z_ffn)
-        dw_down = matmul(dy.t(), h, alpha=zs)
+        dw_down = matmul(dy.t(), h, zscalar=z_ffn)
         dx = matmul(da, w_up)
         dw_up = matmul(da.t(), x)
-        db_down = (zs * dy_sum).to(b_down.dtype)
+        db_down = (z_ffn.float() * dy_sum).to(b_down.dtype)
         dz = (dz_ffn.sum() + (dy_sum * b_down.float()).sum()).reshape(())
         return (dx, dw_up, db_up.sum(0).to(w_up.dtype), dz_int.sum(0).to(z_int.dtype), dw_down, db_down,
                 dz.to(z_ffn.dtype))

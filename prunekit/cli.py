@@ -12,14 +12,16 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from . import distributed
-from .checkpoints import inspect, load_model
+from .checkpoints import config_of, inspect, load_model, resolve
 from .cost import cost_report, format_report
 from .errors import PrunekitError
 from .evaluation import CALIBRATION_SAMPLES, calibration_feeds, evaluate_task, load_predictor, load_text_model, task_for
 from .export.onnx_export import check_request, export_onnx
 from .harness import run as run_method
 from .io import check_output, output_dir, write_json
+from .machine import check_precision
 from .masks import Masks
+from .model import resolve_kernels
 from .methods import METHODS
 from .options import given
 from .parser import budget_of, build_parser, data_args, foreign_options
@@ -28,6 +30,17 @@ from .rundir import data_inputs
 from .summaries import summarise_compress, summarise_eval, summarise_export
 from .surgery import prune
 from .training import TrainArgs, finetune
+
+
+def check_speed_options(kernels: str | None, precision: str | None, device, model: str | None = None) -> None:
+    """--kernels and --precision against this machine, before any model or data is loaded (the head
+    dim comes from the model's config.json when `model` names one)."""
+    if precision:
+        check_precision(precision, device)
+    if kernels == "triton" and model is not None:
+        resolve_kernels(kernels, device, config_of(resolve(model)).head_dim)
+    elif kernels:
+        resolve_kernels(kernels, device)
 
 
 def cmd_info(args):
@@ -46,6 +59,7 @@ def cmd_prune(args):
 
 def cmd_finetune(args):
     train_args = TrainArgs(output=args.output, device=args.device, **given(args, TrainArgs))
+    check_speed_options(args.kernels, args.precision, args.device, args.model)  # before any model or data is read
     summary = finetune(args.model, args.task, train_args, resume=args.resume, overwrite=args.overwrite,
                        **data_args(args), max_train_samples=args.max_train_samples)
     best, metric = summary["best"], summary["main_metric"]
@@ -99,6 +113,7 @@ def cmd_compress(args):
     if wrong:
         raise PrunekitError(f"{', '.join(wrong)} {'is not an option' if len(wrong) == 1 else 'are not options'} of "
                             f"--method {args.method}")
+    check_speed_options(getattr(args, "kernels", None), getattr(args, "precision", None), args.device, args.teacher)
     budget = budget_of(args, method)
     config = method.config(device=args.device, **given(args, method.config))
     report = run_method(method, args.teacher, args.task, args.output, budget, config, data=data_args(args),

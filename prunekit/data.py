@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from . import hub
 from .errors import PrunekitError
 
 
@@ -361,7 +362,6 @@ def read_glue_dir(spec: GlueSpec, glue_dir: Path, with_train: bool = True) -> di
 
 def read_glue_hub(spec: GlueSpec, with_train: bool = True) -> dict:
     """The same through HF datasets (`glue`, config), for users who have the hub and no GLUE_DIR."""
-    from . import hub
     why = None if hub.offline() else hub.unreachable()  # offline, datasets answers from its cache at once
     if why:
         raise PrunekitError(f"no GLUE_DIR set and HF datasets cannot fetch glue/{spec.name} ({why}); set GLUE_DIR "

@@ -1,10 +1,21 @@
-"""What machine this is: CPU model and features, device names, load. One reader for /proc/cpuinfo."""
+"""What machine this is: CPU model and features, device names, load. One reader for /proc/cpuinfo.
+
+Everything in prunekit that chooses a path from the CPU's features asks `cpu_flags()` (today:
+`native_bf16`, hence --fisher-precision auto, the post-training tuning's precision, the demo's
+training precision). PRUNEKIT_CPU_FEATURES overrides what it reports: a space- or comma-separated
+list of /proc/cpuinfo flags to assume instead (e.g. "avx avx2 fma" for an AVX2-only CPU). With
+ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2 and MKL_ENABLE_INSTRUCTIONS=AVX2 for torch's own
+kernels, that runs prunekit as on an AVX2 machine (.ci/run's AVX2 leg); ONNX Runtime picks its
+kernels from cpuid and has no such switch.
+"""
 import os
 import platform
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from .errors import PrunekitError
 
 
 @lru_cache(maxsize=1)
@@ -22,7 +33,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+CPU_FEATURES_ENV = "PRUNEKIT_CPU_FEATURES"
+
+
 def cpu_flags() -> set[str]:
+    """The CPU's feature flags, or those $PRUNEKIT_CPU_FEATURES names."""
+    override = os.environ.get(CPU_FEATURES_ENV)
+    if override is not None:
+        return set(override.replace(",", " ").split())
     for line in _cpuinfo().splitlines():
         if line.startswith("flags"):
             return set(line.split(":", 1)[1].split())
@@ -30,11 +48,22 @@ def cpu_flags() -> set[str]:
 
 
 def native_bf16(device) -> bool:
-    """Whether bf16 matmuls are native here (and so faster than fp32, not emulated)."""
+    """Whether bf16 matmuls are native here (and so faster than fp32, not emulated): on a GPU, compute
+    capability 8.0 (Ampere) or newer; on a CPU, AVX-512 BF16 or AMX."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def check_precision(precision: str, device) -> None:
+    """--precision bf16 on a GPU without bf16 (compute capability < 8.0) is an error, named with the GPU.
+    (On a CPU without native bf16 it runs, emulated and slower: bf16 is asked for, not chosen.)"""
+    device = torch.device(device)
+    if precision == "bf16" and device.type == "cuda" and not native_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise PrunekitError(f"--precision bf16 needs a GPU with bf16 (compute capability >= 8.0); "
+                            f"{torch.cuda.get_device_name(device)} has {major}.{minor}: use --precision fp32")
 
 
 def device_name(device: str = "cpu") -> str:

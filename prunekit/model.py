@@ -24,8 +24,9 @@ every exactness test use; "sdpa" computes attention with PyTorch's scaled_dot_pr
 (no S x S tensor kept for backward), the head gate on its output; "triton" runs
 the fused Triton kernels of prunekit.kernels for attention (online softmax, gate inside, no
 attention-probability dropout) and for the FFN (bias, GELU and both gates in GEMM epilogues);
-"auto" is triton on CUDA and torch elsewhere (on CPU the speed comes from bf16 autocast, not from
-SDPA: bench/results/train_speed_paths.md). All compute the same function within float rounding.
+"auto" is triton on a CUDA GPU the kernels run on (sm_80 or newer) and torch elsewhere (on CPU the
+speed comes from bf16 autocast, not from SDPA: bench/results/train_speed_paths.md). All compute the
+same function within float rounding.
 """
 import math
 import os
@@ -58,32 +59,37 @@ class LayerMasks:
 KERNELS = ("torch", "sdpa", "triton", "auto")
 
 
-def triton_fits(head_dim: int) -> bool:
-    """The Triton attention tiles head dims that are powers of two >= 16."""
-    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
+def triton_unusable(device, head_dim: int) -> str | None:
+    """Why the Triton kernels cannot train this model on this device (None when they can): no triton,
+    not a CUDA device (the interpreter aside: tests), a head dim they do not tile, a GPU older than
+    sm_80 or a Triton too old for it (prunekit.kernels.tuning)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "--kernels triton needs the triton package"
+    from prunekit.kernels.tuning import INTERPRETING, unsupported_gpu  # imports triton
+    cuda = torch.device(device).type == "cuda"
+    if not (cuda or INTERPRETING):
+        return "--kernels triton runs on CUDA GPUs; use torch (or auto) on the CPU"
+    from prunekit.kernels.attention import HEAD_DIMS  # imports triton
+    if head_dim not in HEAD_DIMS:
+        return (f"--kernels triton tiles head dims {', '.join(map(str, HEAD_DIMS))}; this model's is {head_dim}: "
+                "use --kernels torch")
+    problem = unsupported_gpu(torch.cuda.get_device_capability(device)) if cuda else None
+    return None if problem is None else f"--kernels triton: {problem}; use --kernels torch"
 
 
 def resolve_kernels(kernels: str, device, head_dim: int = 64) -> str:
-    """'auto' -> 'triton' on CUDA (when Triton is there and the head dim fits), else the eager 'torch'
-    path (SDPA is not the CPU's fast path: bench/results/train_speed_paths.md); a 'triton' that cannot
-    run here is an error now rather than at the first step."""
+    """'auto' -> 'triton' on a CUDA GPU the kernels run on, else the eager 'torch' path (SDPA is not the
+    CPU's fast path: bench/results/train_speed_paths.md); a 'triton' that cannot run here is an error now
+    rather than at the first step."""
     if kernels not in KERNELS:
         raise PrunekitError(f"kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
-    cuda = torch.device(device).type == "cuda"
-    try:
-        import triton  # noqa: F401
-        have_triton = True
-    except ImportError:
-        have_triton = False
     if kernels == "auto":
-        return "triton" if cuda and have_triton and triton_fits(head_dim) else "torch"
-    if kernels == "triton":
-        if not have_triton:
-            raise PrunekitError("--kernels triton needs the triton package")
-        if not (cuda or os.environ.get("TRITON_INTERPRET") == "1"):  # the interpreter: tests on CPU
-            raise PrunekitError("--kernels triton runs on CUDA GPUs; use torch (or auto) on the CPU")
-        if not triton_fits(head_dim):
-            raise PrunekitError(f"--kernels triton needs a power-of-two head dim >= 16, this model has {head_dim}")
+        cuda = torch.device(device).type == "cuda"
+        return "triton" if cuda and triton_unusable(device, head_dim) is None else "torch"
+    if kernels == "triton" and (problem := triton_unusable(device, head_dim)):
+        raise PrunekitError(problem)
     return kernels
 
 

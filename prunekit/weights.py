@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from . import hub
 from .errors import PrunekitError
 
 WEIGHTS_NAME = "model.safetensors"
@@ -179,8 +180,6 @@ def check_hub_files(repo: str, kwargs: dict) -> None:
     """The config.json and index transformers would follow for a hub id: from the hub, or from the cache
     where the hub cannot be reached (transformers falls back on it). The weights are checked once loaded."""
     from transformers.utils import cached_file
-
-    from . import hub
     where = {k: kwargs[k] for k in ("cache_dir", "force_download", "proxies", "token", "revision",
                                     "local_files_only", "subfolder") if k in kwargs}
     if hub.offline() or hub.unreachable():  # the cache, at once, instead of transformers' retries

@@ -6,7 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {
     1: "errors io options progress timing machine distributed rundir",
-    2: "config model tokenizer checkpoints masks cost surgery data metrics kernels",
+    2: "config model tokenizer hub weights checkpoints masks cost surgery data metrics kernels",
     3: "evaluation training distill latency budget teachers harness benchmark export",
     4: "posttrain cofi",
     5: "methods parser summaries cli",

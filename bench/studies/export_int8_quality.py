@@ -20,10 +20,10 @@ import torch
 
 import prunekit
 from prunekit.benchmark import environment, glue_dir_option, require_glue_dir, rewrite_table, run_script, write_results
-from prunekit.data import collate, load_task
+from prunekit.data import collate
+from prunekit.evaluation import task_for, torch_predictor
 from prunekit.export import OnnxClassifier, export_onnx
 from prunekit.metrics import compute_metrics
-from prunekit.training import torch_predictor, trained_labels
 
 PROG = "bench/studies/export_int8_quality.py"
 VARIANTS = {"ORT fp32": {}, "ORT fp32 optimised": {"optimize": True}, "ORT int8": {"quantize": "int8"},
@@ -50,7 +50,7 @@ def score(task, logits, labels) -> dict:
 
 def evaluate_model(model_dir: str, task_name: str, glue_dir: str | None, cache: Path) -> dict:
     model = prunekit.load_model(model_dir)
-    task = load_task(task_name, model.tokenizer, glue_dir=glue_dir, with_train=False, labels=trained_labels(model.config))
+    task = task_for(model.config, model.tokenizer, task_name, model_dir, with_train=False, glue_dir=glue_dir)
     dev = task.dev
     labels = [e["label"] for e in dev]
     ref = logits_of(torch_predictor(model), dev)

@@ -27,11 +27,12 @@ from tqdm.auto import tqdm
 
 from prunekit.benchmark import (environment, glue_dir_option, require_glue_dir, rewrite_table, run_script, table,
                                 write_results)
+from prunekit.budget import Budget
+from prunekit.evaluation import evaluate_task, torch_predictor
 from prunekit.machine import keep_freed_memory, load_average
 from prunekit.metrics import main_metric
-from prunekit.posttrain.pipeline import Constraint, PostTrainConfig, compress, default_max_length
+from prunekit.posttrain import METHOD, PostTrainConfig, compress
 from prunekit.teachers import load_teacher_and_task
-from prunekit.training import evaluate_task, torch_predictor
 
 PROG = "bench/studies/fisher_precision.py"
 LOG = Path("runs") / "fisher_precision.jsonl"
@@ -46,9 +47,8 @@ def logged() -> dict:
 
 def run_task(task_name: str, seeds, macs: float, glue_dir: str, have: dict, other_threads: int | None = None):
     teacher = Path("runs") / f"teacher-{task_name}"
-    data = {"glue_dir": glue_dir, "max_length": default_max_length(task_name)}
-    model, task, _ = load_teacher_and_task(str(teacher), task_name, data, purpose="post-training pruning",
-                                           default_max_length=default_max_length(task_name))
+    model, task, _ = load_teacher_and_task(str(teacher), task_name, {"glue_dir": glue_dir}, "post-training pruning",
+                                           METHOD.max_length(task_name))
     todo = [(s, p) for s in seeds for p in PRECISIONS if (task_name, s, p) not in have]
     if other_threads and (task_name, 0, OTHER) not in have:
         todo.append((0, OTHER))
@@ -59,7 +59,7 @@ def run_task(task_name: str, seeds, macs: float, glue_dir: str, have: dict, othe
         load = load_average()
         start = time.perf_counter()
         try:
-            compact, masks, report = compress(model, task, Constraint("macs", macs), PostTrainConfig(
+            compact, masks, report = compress(model, task, Budget("macs", macs), PostTrainConfig(
                 seed=seed, fisher_precision="fp32" if precision == OTHER else precision, evaluate=False,
                 progress=False))
         finally:

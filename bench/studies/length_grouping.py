@@ -35,7 +35,7 @@ WARMUP = 3  # steps before the timed ones: the first steps allocate and pick ker
 def measure(task, group_by_length: bool, steps: int, batch_size: int) -> dict:
     torch.manual_seed(0)
     model = prunekit.load_model("minilm", num_labels=task.num_labels)
-    trainer = Trainer(model, task, TrainArgs(output="unused", batch_size=batch_size))  # only train_step is used
+    trainer = Trainer(model, task, TrainArgs(output=None, batch_size=batch_size))  # only train_step is used
     model.train()
     plan = batch_indices(task.train, batch_size, shuffle=True, seed=0, group_by_length=group_by_length)
     picked = [plan[round(i * (len(plan) - 1) / (steps - 1))] for i in range(steps)]  # spread over the epoch
