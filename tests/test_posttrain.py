@@ -438,6 +438,7 @@ def test_compress_verb_writes_a_compact_model_that_equals_the_masked_teacher(tin
      "--gradual budgets must all be above the final --macs 0.5"),
     (["--macs", "0.2", "--gradual", "0.5", "--distill-steps", "2", "--allow-empty-sublayers"], "--gradual keeps every sublayer"),
     (["--macs", "0.5", "--distill-lr", "1e-4"], "--distill-lr goes with --distill-steps"),
+    (["--macs", "0.5", "--gradual-steps", "10", "--distill-steps", "2"], "--gradual-steps goes with --gradual"),
     (["--macs", "0.5", "--distill-lr", "0", "--distill-steps", "2"], "argument --distill-lr: 0 is out of range"),
     (["--macs", "0.5", "--heldout", "-1"], "argument --heldout: -1 is out of range"),
 ])
@@ -605,6 +606,7 @@ def test_a_tiny_gradual_run_prunes_the_distilled_model_again_in_the_teacher_posi
                    gradual=(0.5,), distill_steps=3, distill_lr=1e-3)
     (first,) = run.report["gradual"]
     assert first["value"] == 0.5 and first["num_heads"] == one.model.config.num_heads    # round 1 = one shot at 0.5
+    assert first["distill_steps"] == 1                                                  # a quarter of 3, at least 1
     assert run.report["macs_kept"] <= 0.3 + 1e-9 and "distilled" in run.report["dev_metrics"]
     kept_before = one.masks.z_head != 0                                                 # (the same Fisher sample)
     assert not ((run.masks.z_head != 0) & ~kept_before).any()                          # only units kept before

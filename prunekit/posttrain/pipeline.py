@@ -103,6 +103,9 @@ class PostTrainConfig:
     gradual: tuple = option((), "gradual pruning: the MACs budgets (decreasing, above the final one) to prune to "
                             "first, each followed by --distill-steps of distillation from the teacher, e.g. 0.5,0.25",
                             parse=fractions, default_text="none: one shot")  # a distilled model prunes better
+    gradual_steps: int | None = option(None, "distillation steps after each intermediate --gradual round",
+                                       range=COUNT, default_text="a quarter of --distill-steps"
+                                       )  # an intermediate model need only be good enough to prune again
     kernels: str = kernels_option()
     device: str = "cpu"
     progress: bool = True              # tqdm bars
@@ -123,6 +126,8 @@ class PostTrainConfig:
         if self.gradual and not self.distill_steps:
             raise PrunekitError("--gradual goes with --distill-steps N (each intermediate model is distilled before "
                                 "it is pruned again)")
+        if self.gradual_steps is not None and not self.gradual:
+            raise PrunekitError("--gradual-steps goes with --gradual (the distillation after each intermediate round)")
         if self.gradual and self.allow_empty_sublayers:
             raise PrunekitError("--gradual keeps every sublayer (a removed sublayer cannot be pruned again): drop "
                                 "--allow-empty-sublayers")
@@ -177,8 +182,9 @@ def gradual_round(teacher, current, task, budget: Budget, config: PostTrainConfi
     compact model distilled from the teacher, then zero-padded back to the teacher's shape (units where
     they were kept) for the next round. Returns (that model, what the round did)."""
     pruned = prune_masks(current, task, budget, config, Stopwatch(), Scores(task, Stopwatch(), config, enabled=False))
-    compact = distill_compact(teacher, prune(current, pruned.masks).eval(), task, config)
-    record = {"value": budget.value, "stage_kept": pruned.choice.stage,
+    steps = config.gradual_steps or max(1, config.distill_steps // 4)
+    compact = distill_compact(teacher, prune(current, pruned.masks).eval(), task, replace(config, distill_steps=steps))
+    record = {"value": budget.value, "stage_kept": pruned.choice.stage, "distill_steps": steps,
               "num_heads": compact.config.num_heads, "ffn_dim": compact.config.ffn_dim}
     if config.evaluate:
         record["dev_metrics"] = Scores(task, Stopwatch(), config)("distilled", compact)
