@@ -33,9 +33,18 @@ def summarise_post_training(r: dict, output) -> str:
     if r["dev_metrics"]:
         m = r["main_metric"]
         lines.append(f"dev {m}: " + ", ".join(f"{stage} {v[m]:.4f}" for stage, v in r["dev_metrics"].items()))
+    for g in r.get("gradual", []):
+        lines.append(f"gradual round at {c['kind']} {g['value']:g}: heads {sum(g['num_heads'])}, FFN units "
+                     f"{sum(g['ffn_dim'])}" + (f", distilled dev {r['main_metric']} {g['dev_metrics'][r['main_metric']]:.4f}"
+                                               if "dev_metrics" in g else ""))
+    if r.get("heldout_examples"):
+        held = ", ".join(f"{stage} {v[r['main_metric']]:.4f}" for stage, v in r["heldout_metrics"].items())
+        lines.append(f"kept the {r['stage_kept']} masks (held-out {r['main_metric']} on {r['heldout_examples']} training "
+                     f"examples outside the sample: {held})")
     sec = r["seconds"]
     lines.append(f"pruning {sec['pruning']:.1f} s (" + ", ".join(f"{s} {sec.get(s, 0):.1f}" for s in
-                                                           ("fisher", "search", "rearrange", "tune")) + ")" +
+                                                           ("gradual", "fisher", "search", "rearrange", "tune",
+                                                            "choose") if s in sec or s != "gradual") + ")" +
                  (f"; evaluation {sec['evaluation']:.1f} s" if "evaluation" in sec else ""))
     lines.append(f"compact model, masks.safetensors and report.json in {output}")
     return "\n".join(lines)

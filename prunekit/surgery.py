@@ -144,3 +144,44 @@ def compact_vs_masked(compact, model, masks: Masks, examples: list, device) -> f
     batch.pop("labels", None)
     batch = {k: v.to(device) for k, v in batch.items()}
     return (compact(**batch).logits - model(**batch, masks=masks.to(device)).logits).abs().max().item()
+
+
+@torch.no_grad()
+def expand(compact, dense_config, masks: Masks):
+    """prune's inverse for heads and FFN units: a model of `dense_config`'s shape that computes what
+    `compact` computes, each kept head and unit back at the position `masks` kept it (z_head, z_int
+    non-zero) and zero weights everywhere else (a zero head or unit adds nothing to its sublayer).
+    Gradual pruning prunes such a model again, so a later round's masks are in the dense model's
+    positions. The compact model must keep the hidden size and every sublayer (a removed sublayer took
+    its LayerNorm with it)."""
+    cfg = compact.config
+    masks.validate(dense_config)
+    if cfg.hidden_size != dense_config.hidden_size or cfg.num_layers != dense_config.num_layers:
+        raise PrunekitError("expand needs the compact model's hidden size and layer count to be the dense model's")
+    heads = [_nonzero(z) for z in masks.z_head]
+    units = [_nonzero(z) for z in masks.z_int]
+    if [len(h) for h in heads] != cfg.num_heads or [len(u) for u in units] != cfg.ffn_dim or 0 in cfg.num_heads \
+            or 0 in cfg.ffn_dim:
+        raise PrunekitError("expand: the masks do not match the compact model's heads and FFN units, or a sublayer "
+                            "was removed")
+    dense = type(compact)(dense_config).to(next(compact.parameters()).device)
+    src, out = compact.state_dict(), dense.state_dict()
+    dh = dense_config.head_dim
+    for name, t in out.items():
+        if not name.startswith("bert.layers."):
+            t.copy_(src[name])
+            continue
+        l, part = int(name.split(".")[2]), name.split(".", 3)[3]
+        rows = (heads[l][:, None] * dh + torch.arange(dh)).flatten().to(t.device)
+        index = {"attention.query": rows, "attention.key": rows, "attention.value": rows, "ffn.up": units[l],
+                 "attention.output": rows, "ffn.down": units[l]}.get(part.rsplit(".", 1)[0])
+        t.zero_()
+        if index is None or part.endswith("output.bias") or part.endswith("down.bias"):
+            t.copy_(src[name])                            # LayerNorms and the output biases: same shape
+        elif part.startswith(("attention.output", "ffn.down")):
+            t[:, index.to(t.device)] = src[name]          # inputs: the kept heads' / units' columns
+        else:
+            t[index.to(t.device)] = src[name]             # outputs: the kept heads' rows / units
+    dense.load_state_dict(out)
+    dense.tokenizer = compact.tokenizer
+    return dense.train(compact.training)

@@ -270,3 +270,41 @@ def test_export_int8_quality_scores_each_variant_against_pytorch(script, at):
     assert result["examples"] == 40 and variants["ORT fp32"]["max_abs_diff"] < 1e-4
     assert variants["ORT fp32"]["accuracy"] == variants["PyTorch fp32"]["accuracy"]
     replots_the_same(study, out)
+
+
+@pytest.mark.slow  # spawns `prunekit compress` twice, exports and times eight ONNX graphs
+def test_frontier_runs_each_route_once_measures_fp32_and_int8_and_replots(script, at):
+    frontier = script("frontier")
+    out = at / "res" / "frontier"
+    argv = ["--task", "sst2", "--teacher", "runs/teacher-sst2", "--glue-dir", str(at / "glue"), "--macs", "0.5",
+            "--routes", "post-training", "gradual", "--steps", "2", "--threads", "1", "--out", str(out),
+            "--not-run", "cofi-warm@0.5=too slow for a test"]
+    assert frontier.main(argv) == 0
+    doc = json.loads(out.with_name("frontier.json").read_text())
+    (row,) = doc["rows"]                                                  # gradual has nothing above 0.5
+    assert row["route"] == "post-training" and row["macs_kept"] <= 0.5 + 1e-9
+    assert row["drop"] == pytest.approx(100 * (row["teacher"] - row["value"]), abs=0.01)
+    assert row["minutes"] > 0 and row["command"].startswith("prunekit compress --teacher runs/teacher-sst2")
+    for key in ("p50_ms_fp32_b32_s128", "p50_ms_int8_b1_s128", "speedup_int8_b32_s128", "int8_value"):
+        assert key in row and key in doc["teachers"]["sst2"]
+    assert doc["teachers"]["sst2"]["speedup_fp32_b32_s128"] == 1.0
+    assert doc["not_run"] == {"gradual@0.5": "no intermediate budget above it: gradual = one shot here",
+                              "cofi-warm@0.5": "too slow for a test"}
+    assert (at / "runs" / "frontier" / "sst2" / "post-training-0.5-s0" / "model.safetensors").is_file()
+    md = out.with_name("frontier.md").read_text()
+    assert "| post-training | 50% |" in md and "Not run:" in md and out.with_name("frontier.png").is_file()
+    assert frontier.main(argv + ["--no-latency"]) == 0               # a rerun runs nothing again
+    assert len(json.loads(out.with_name("frontier.json").read_text())["rows"]) == 1
+    replots_the_same(frontier, out)
+
+
+def test_frontier_refuses_a_bad_not_run_cell_and_a_missing_teacher(script, at, capsys):
+    frontier = script("frontier")
+    for argv, says in ((["--task", "sst2", "--teacher", "runs/teacher-sst2", "--not-run", "magic@0.1=x"],
+                        "--not-run takes ROUTE@MACS=REASON"),
+                       (["--task", "sst2", "--teacher", "runs/nothing"], "teacher directory not found: runs/nothing"),
+                       (["--task", "sst2"], "give --task and --teacher")):
+        assert frontier.main(argv + ["--out", str(at / "res" / "bad")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+        assert not (at / "res" / "bad.json").exists()

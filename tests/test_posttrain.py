@@ -13,6 +13,7 @@ from prunekit.posttrain.fisher import diagonal_fisher, mask_gradients
 from prunekit.budget import Budget, Deployment
 from prunekit.latency import LatencyFit, fit_piecewise_linear
 from prunekit.posttrain import compress
+from prunekit.posttrain.pipeline import PostTrainConfig
 from prunekit.posttrain.stages import fisher_batches, sample_examples, tuning_subset
 from prunekit.progress import Warnings
 from prunekit.teachers import warn_if_not_fine_tuned
@@ -329,7 +330,8 @@ def test_pipeline_compact_model_equals_the_masked_model(kind, tmp_path):
     constraint = Budget(kind, 0.5, Deployment(latency_batch=2, latency_seq_len=8, lut_cache=str(tmp_path / "lut.json")))
     # tiny blocks are all overhead (a flat latency table), so the latency case may drop whole sublayers
     compact, tuned, report = compress(model, task, constraint, num_samples=64, batch_size=8, progress=False,
-                                      max_fit_tokens=None, allow_empty_sublayers=kind == "latency")
+                                      max_fit_tokens=None, allow_empty_sublayers=kind == "latency",
+                                      heldout=0)  # the tuned masks, unjudged
     batch = random_batch(batch=4, seq=11)
     with torch.no_grad():
         want = model(**batch, masks=tuned).logits
@@ -345,7 +347,8 @@ def test_pipeline_compact_model_equals_the_masked_model(kind, tmp_path):
         assert min(compact.config.num_heads) >= 1 and min(compact.config.ffn_dim) >= 1  # no sublayer emptied
     assert set(report["dev_metrics"]) == {"teacher", "search", "rearranged", "tuned", "compact"}
     assert report["dev_metrics"]["tuned"] == report["dev_metrics"]["compact"]
-    assert {"fisher", "search", "rearrange", "tune", "pruning"} <= set(report["seconds"])
+    assert {"fisher", "search", "rearrange", "tune", "choose", "pruning"} <= set(report["seconds"])
+    assert report["stage_kept"] == "tuned" and report["heldout_examples"] == 0
     assert [r["heads"] for r in report["structure"]] == compact.config.num_heads
 
 
@@ -427,6 +430,17 @@ def test_compress_verb_writes_a_compact_model_that_equals_the_masked_teacher(tin
     (["--macs", "0.5", "--method", "cofi", "--num-samples", "64"], "--num-samples, --no-eval are not options of --method cofi"),
     (["--macs", "0.5", "--method", "magic"], "argument --method: invalid choice: 'magic'"),
     (["--macs", "0.5", "--fisher-precision", "fp8"], "--fisher-precision"),
+    (["--macs", "0.2", "--gradual", "0.5", "--distill-steps", "0", "--num-samples", "32"], "--gradual goes with --distill-steps"),
+    (["--macs", "0.2", "--gradual", "0.3,0.5", "--distill-steps", "2"], "--gradual takes decreasing budgets"),
+    (["--macs", "0.2", "--gradual", "0.5,1.5", "--distill-steps", "2"], "argument --gradual: '0.5,1.5' is not fractions"),
+    (["--macs", "0.2", "--gradual", "half", "--distill-steps", "2"], "argument --gradual: 'half' is not fractions"),
+    (["--macs", "0.5", "--gradual", "0.4", "--distill-steps", "2", "--num-samples", "32"],
+     "--gradual budgets must all be above the final --macs 0.5"),
+    (["--macs", "0.2", "--gradual", "0.5", "--distill-steps", "2", "--allow-empty-sublayers"], "--gradual keeps every sublayer"),
+    (["--macs", "0.5", "--distill-lr", "1e-4"], "--distill-lr goes with --distill-steps"),
+    (["--macs", "0.5", "--gradual-steps", "10", "--distill-steps", "2"], "--gradual-steps goes with --gradual"),
+    (["--macs", "0.5", "--distill-lr", "0", "--distill-steps", "2"], "argument --distill-lr: 0 is out of range"),
+    (["--macs", "0.5", "--heldout", "-1"], "argument --heldout: -1 is out of range"),
 ])
 def test_compress_bad_input_is_one_line_exit_2(tiny_model_dir, sst2_glue_dir, tmp_path, capsys, extra, message):
     cmd = ["compress", "--teacher", str(tiny_model_dir), "--task", "sst2", "--glue-dir", str(sst2_glue_dir),
@@ -523,9 +537,9 @@ def test_distill_steps_fine_tune_the_compact_model_from_the_teacher():
     assert any(not torch.equal(a[k], b[k]) for k in a)                          # ... then trained further
     r = distilled.report
     assert "distilled" in r["dev_metrics"] and r["distill_steps"] == 6 and r["seconds"]["distill"] > 0
-    # pruning time is Fisher + search + rearrangement + tuning: the distillation is counted apart
+    # pruning time is Fisher + search + rearrangement + tuning + the stage choice: the distillation is apart
     assert r["seconds"]["pruning"] == pytest.approx(sum(r["seconds"][s] for s in ("fisher", "search", "rearrange",
-                                                                                  "tune")), abs=0.01)
+                                                                                  "tune", "choose")), abs=0.01)
 
 
 def test_distill_precision_bf16_trains_under_autocast_and_is_recorded():
@@ -545,3 +559,56 @@ def test_distill_precision_bf16_trains_under_autocast_and_is_recorded():
     with pytest.raises(PrunekitError, match="--distill-precision takes fp32, bf16"):
         compress(model, task, Budget("macs", 0.5), num_samples=64, batch_size=8, progress=False,
                  distill_steps=4, distill_precision="fp16")
+
+
+def test_the_kept_stage_is_the_best_on_held_out_examples_and_ties_go_to_the_later_stage():
+    from prunekit.posttrain.stages import choose_stage, heldout_examples
+    model = tiny_model().eval()
+    task = synthetic_task(model, n_train=96)
+    sample = task.train[:40]
+    held = heldout_examples(task.train, sample, 30, seed=0)
+    assert len(held) == 30 and not {id(e) for e in held} & {id(e) for e in sample}       # outside the sample
+    assert heldout_examples(task.train, sample, 1000, seed=0).__len__() == 56            # all there is
+    L, H, F = model.config.num_layers, model.config.num_heads[0], model.config.ffn_dim[0]
+    ones = Masks(z_head=torch.ones(L, H), z_int=torch.ones(L, F))
+    kill = Masks(z_head=torch.ones(L, H), z_int=torch.zeros(L, F).index_fill_(1, torch.tensor([0]), 1.0) * 1e3)
+    config = PostTrainConfig(progress=False)
+    choice = choose_stage(model, {"search": ones, "rearranged": kill, "tuned": kill}, held, task.name, config)
+    metric = {k: v["accuracy"] for k, v in choice.heldout.items()}
+    assert choice.examples == 30 and metric[choice.stage] == max(metric.values())
+    same = choose_stage(model, {"search": ones, "rearranged": ones, "tuned": ones}, held, task.name, config)
+    assert same.stage == "tuned"                                                         # a tie: the later stage
+    assert choose_stage(model, {"search": ones, "tuned": kill}, [], task.name, config).stage == "tuned"
+
+
+@pytest.mark.slow
+def test_compress_keeps_the_masks_of_the_stage_it_reports():
+    torch.set_num_threads(1)
+    model = tiny_model()
+    task = synthetic_task(model, n_train=160)
+    compact, masks, report = compress(model, task, Budget("macs", 0.4), num_samples=64, batch_size=8,
+                                      progress=False, heldout=96)
+    assert report["heldout_examples"] == 96 and set(report["heldout_metrics"]) == {"search", "rearranged", "tuned"}
+    best = max(v["accuracy"] for v in report["heldout_metrics"].values())
+    assert report["heldout_metrics"][report["stage_kept"]]["accuracy"] == best
+    batch = random_batch(batch=4, seq=11)
+    with torch.no_grad():
+        assert (compact(**batch).logits - model(**batch, masks=masks).logits).abs().max() < 1e-5
+
+
+@pytest.mark.slow
+def test_a_tiny_gradual_run_prunes_the_distilled_model_again_in_the_teacher_positions():
+    torch.set_num_threads(1)
+    model = tiny_model()
+    task = synthetic_task(model)
+    one = compress(model, task, Budget("macs", 0.5), num_samples=64, batch_size=8, progress=False, heldout=0)
+    run = compress(model, task, Budget("macs", 0.3), num_samples=64, batch_size=8, progress=False, heldout=0,
+                   gradual=(0.5,), distill_steps=3, distill_lr=1e-3)
+    (first,) = run.report["gradual"]
+    assert first["value"] == 0.5 and first["num_heads"] == one.model.config.num_heads    # round 1 = one shot at 0.5
+    assert first["distill_steps"] == 1                                                  # a quarter of 3, at least 1
+    assert run.report["macs_kept"] <= 0.3 + 1e-9 and "distilled" in run.report["dev_metrics"]
+    kept_before = one.masks.z_head != 0                                                 # (the same Fisher sample)
+    assert not ((run.masks.z_head != 0) & ~kept_before).any()                          # only units kept before
+    assert not ((run.masks.z_int != 0) & ~(one.masks.z_int != 0)).any()
+    assert run.report["seconds"]["gradual"] > 0

@@ -129,3 +129,43 @@ def test_compact_equals_masked_on_minilm(minilm, minilm_batch, seed):
     masks.z_mha[1] = 0.0         # a dropped attention sublayer
     compact = assert_compact_equals_masked(minilm, masks, minilm_batch)
     assert compact.config.num_heads[3] == 0 and compact.config.ffn_dim[4] == 0 and compact.config.num_heads[5] == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_expand_puts_the_compact_model_back_in_the_dense_shape_exactly(seed):
+    from prunekit.surgery import expand
+    model = tiny_model(seed=seed).eval()
+    g = torch.Generator().manual_seed(seed)
+    L, H, F = model.config.num_layers, model.config.num_heads[0], model.config.ffn_dim[0]
+    keep_h, keep_f = torch.rand(L, H, generator=g) < 0.5, torch.rand(L, F, generator=g) < 0.5
+    keep_h[:, 1], keep_f[:, 2] = True, True                                    # every sublayer keeps a unit
+    masks = Masks(z_head=keep_h * (0.5 + torch.rand(L, H, generator=g)), z_int=keep_f * (0.5 + torch.rand(L, F, generator=g)))
+    compact = prunekit.prune(model, masks).eval()
+    dense = expand(compact, model.config, masks).eval()
+    assert dense.config.num_heads == model.config.num_heads and dense.config.ffn_dim == model.config.ffn_dim
+    batch = random_batch(batch=3, seq=9, seed=seed)
+    with torch.no_grad():
+        want = model(**batch, masks=masks).logits
+        assert (dense(**batch).logits - want).abs().max() < 1e-5                 # computes what the compact one does
+        binary = Masks(z_head=keep_h.float(), z_int=keep_f.float())
+        again = prunekit.prune(dense, binary)                                   # and prunes back to it exactly
+        assert (again(**batch).logits - compact(**batch).logits).abs().max() == 0
+    state = dense.state_dict()
+    dropped = (~keep_h[0]).nonzero().flatten()
+    assert state["bert.layers.0.attention.value.weight"].view(H, -1, model.config.hidden_size)[dropped].abs().sum() == 0
+
+
+def test_expand_refuses_masks_that_do_not_match_and_removed_sublayers():
+    from prunekit.errors import PrunekitError
+    from prunekit.surgery import expand
+    model = tiny_model().eval()
+    L, H, F = model.config.num_layers, model.config.num_heads[0], model.config.ffn_dim[0]
+    masks = Masks(z_head=torch.ones(L, H).index_fill_(1, torch.tensor([0]), 0.0), z_int=torch.ones(L, F))
+    compact = prunekit.prune(model, masks)
+    with pytest.raises(PrunekitError, match="do not match"):
+        expand(compact, model.config, Masks(z_head=torch.ones(L, H), z_int=torch.ones(L, F)))
+    no_attention = masks.z_head.clone()
+    no_attention[1] = 0
+    empty = Masks(z_head=no_attention, z_int=torch.ones(L, F))
+    with pytest.raises(PrunekitError, match="sublayer was removed"):
+        expand(prunekit.prune(model, empty), model.config, empty)

@@ -30,7 +30,7 @@ measures the alternatives, bench/results/posttrain.md has the figures):
     latency budget is computed once, and a failing tuning fit skips only its own sublayer.
 """
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .. import distributed
 from ..budget import Budget, latency_table
@@ -42,15 +42,24 @@ from ..harness import ByTask, Compressed, Method, Scores, begin, check_compact, 
 from ..masks import Masks
 from ..options import COUNT, NON_NEGATIVE, RATE, SEED, Range, check_options, option
 from ..progress import Warnings
-from ..surgery import prune
+from ..surgery import expand, prune
 from ..teachers import warn_if_not_fine_tuned
 from ..timing import Stopwatch
 from ..training import PRECISIONS, TrainArgs, kernels_option
 from .report import method_report
-from .stages import (Pruned, check_budget, run_fisher, run_rearrange, run_tune, sample_examples, search_masks)
+from .stages import (Pruned, check_budget, choose_stage, heldout_examples, run_fisher, run_rearrange, run_tune,
+                     sample_examples, search_masks)
 
 BUDGETS = ("macs", "latency")
 FISHER_PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def fractions(text: str) -> tuple:
+    """fractions in (0, 1) separated by commas"""
+    values = tuple(float(x) for x in text.split(","))
+    if not all(0 < v < 1 for v in values):
+        raise ValueError(text)
+    return values
 
 
 @dataclass
@@ -81,12 +90,22 @@ class PostTrainConfig:
     ffn_target: str = option("assistant", "FFN target of tuning (dense: what the reference computed)",
                              choices=("assistant", "dense"), flag=False)
     eval_batch_size: int = option(EVAL_BATCH_SIZE, "evaluation batch", range=COUNT, flag=False)
+    heldout: int = option(1024, "training examples outside the sample that judge the search, rearrangement and "
+                          "tuning: the masks of the best of the three are kept (0: the tuned ones, the reference's)",
+                          range=Range(0, 10**7))  # mask tuning can overfit its sample and cost points at small budgets
     distill_steps: int = option(0, "after surgery, this many steps of distillation fine-tuning of the compact "
                                 "model from the teacher (CoFi's losses; 0: none)", range=Range(0, 10**7))
-    distill_lr: float = option(3e-5, "its learning rate", range=RATE, flag=False)  # CoFi's grid {1, 2, 3}e-5
+    distill_lr: float = option(2e-4, "learning rate of that distillation (linear decay to 0)",
+                               range=RATE)  # CoFi's {1, 2, 3}e-5 is far too low for a short run: frontier.md
     distill_precision: str = option("fp32", "its forward passes in bf16 autocast (fp32 weights; fast where the CPU "
                                     "has native bf16)", choices=PRECISIONS)  # exact by default
     distill: DistillConfig = field(default_factory=DistillConfig)  # its losses: CoFi's
+    gradual: tuple = option((), "gradual pruning: the MACs budgets (decreasing, above the final one) to prune to "
+                            "first, each followed by --distill-steps of distillation from the teacher, e.g. 0.5,0.25",
+                            parse=fractions, default_text="none: one shot")  # a distilled model prunes better
+    gradual_steps: int | None = option(None, "distillation steps after each intermediate --gradual round",
+                                       range=COUNT, default_text="a quarter of --distill-steps"
+                                       )  # an intermediate model need only be good enough to prune again
     kernels: str = kernels_option()
     device: str = "cpu"
     progress: bool = True              # tqdm bars
@@ -102,6 +121,18 @@ class PostTrainConfig:
             raise PrunekitError("--distill-steps runs in one process: run post-training without torchrun to use it")
         if self.distill_precision != "fp32" and not self.distill_steps:
             raise PrunekitError("--distill-precision goes with --distill-steps N (the precision of that distillation)")
+        if self.distill_lr != PostTrainConfig.distill_lr and not self.distill_steps:
+            raise PrunekitError("--distill-lr goes with --distill-steps N (the learning rate of that distillation)")
+        if self.gradual and not self.distill_steps:
+            raise PrunekitError("--gradual goes with --distill-steps N (each intermediate model is distilled before "
+                                "it is pruned again)")
+        if self.gradual_steps is not None and not self.gradual:
+            raise PrunekitError("--gradual-steps goes with --gradual (the distillation after each intermediate round)")
+        if self.gradual and self.allow_empty_sublayers:
+            raise PrunekitError("--gradual keeps every sublayer (a removed sublayer cannot be pruned again): drop "
+                                "--allow-empty-sublayers")
+        if list(self.gradual) != sorted(set(self.gradual), reverse=True):
+            raise PrunekitError(f"--gradual takes decreasing budgets, got {','.join(map(str, self.gradual))}")
         return self
 
 
@@ -117,11 +148,16 @@ def compress(model, task, budget: Budget, config: PostTrainConfig | None = None,
     scores = Scores(task, watch, config, enabled=config.evaluate)
     if scores("teacher", model) is not None:
         warn_if_not_fine_tuned(task, scores["teacher"], warnings)
-    pruned = prune_masks(model, task, budget, config, watch, scores)
+    current, rounds = model, []
+    for value in config.gradual:
+        with watch("gradual"):
+            current, record = gradual_round(model, current, task, replace(budget, value=value), config)
+        rounds.append(record)
+    pruned = prune_masks(current, task, budget, config, watch, scores)
 
     with watch("surgery"):
-        compact = prune(model, pruned.tuned.masks).eval()
-    diff = check_compact(compact, model, pruned.tuned.masks, task.dev[:16] if task.dev else pruned.sample[:16],
+        compact = prune(current, pruned.masks).eval()
+    diff = check_compact(compact, current, pruned.masks, task.dev[:16] if task.dev else pruned.sample[:16],
                          config.device, warnings)
     scores("compact", compact)
     if config.distill_steps > 0:
@@ -129,18 +165,35 @@ def compress(model, task, budget: Budget, config: PostTrainConfig | None = None,
             compact = distill_compact(model, compact, task, config)
         scores("distilled", compact)
     report = {**common_report("post-training", task, compact, model.config, lengths(pruned.sample), scores, diff,
-                              warnings), **method_report(pruned, budget, config, watch)}
-    return Compressed(compact, pruned.tuned.masks, report)
+                              warnings), **method_report(pruned, budget, config, watch), "gradual": rounds}
+    return Compressed(compact, pruned.masks, report)
 
 
 def check(model, task, budget: Budget, config: PostTrainConfig) -> None:
     """What fails before any work once the teacher and the task are known: a MACs budget too small for
-    the structure every layer keeps."""
+    the structure every layer keeps, gradual budgets that do not lead down to it."""
     check_budget(budget, config, model.config, task.train)
+    if config.gradual and min(config.gradual) <= budget.value:
+        raise PrunekitError(f"--gradual budgets must all be above the final --{budget.kind} {budget.value:g}")
+
+
+def gradual_round(teacher, current, task, budget: Budget, config: PostTrainConfig) -> tuple:
+    """One intermediate round of gradual pruning: `current` (dense-shaped) pruned to `budget` and the
+    compact model distilled from the teacher, then zero-padded back to the teacher's shape (units where
+    they were kept) for the next round. Returns (that model, what the round did)."""
+    pruned = prune_masks(current, task, budget, config, Stopwatch(), Scores(task, Stopwatch(), config, enabled=False))
+    steps = config.gradual_steps or max(1, config.distill_steps // 4)
+    compact = distill_compact(teacher, prune(current, pruned.masks).eval(), task, replace(config, distill_steps=steps))
+    record = {"value": budget.value, "stage_kept": pruned.choice.stage, "distill_steps": steps,
+              "num_heads": compact.config.num_heads, "ffn_dim": compact.config.ffn_dim}
+    if config.evaluate:
+        record["dev_metrics"] = Scores(task, Stopwatch(), config)("distilled", compact)
+    return expand(compact, teacher.config, pruned.masks).eval(), record
 
 
 def prune_masks(model, task, budget: Budget, config: PostTrainConfig, watch: Stopwatch, scores: Scores) -> Pruned:
-    """Sample, Fisher, search, rearrangement and tuning, each timed and scored."""
+    """Sample, Fisher, search, rearrangement and tuning, each timed and scored; then the stage whose
+    masks are kept, judged on held-out training examples."""
     cfg = model.config
     sample = sample_examples(task.train, config.num_samples, config.seed)
     with watch("fisher"):
@@ -154,7 +207,7 @@ def prune_masks(model, task, budget: Budget, config: PostTrainConfig, watch: Sto
                               table, config.progress, config.allow_empty_sublayers)
     if table is not None:
         search.details["latency_table_cached"] = cached
-    scores("search", model, Masks(z_head=search.final.head_mask, z_int=search.final.neuron_mask))
+    scores("search", model, search.masks)
 
     with watch("rearrange"):
         rearranged = run_rearrange(fisher, search.final, config.progress)
@@ -165,7 +218,11 @@ def prune_masks(model, task, budget: Budget, config: PostTrainConfig, watch: Sto
     with watch("tune"):
         tuned = run_tune(model, sample, teacher_masks, rearranged.masks, config)
     scores("tuned", model, tuned.masks)
-    return Pruned(sample, fisher, search, rearranged, tuned)
+    with watch("choose"):
+        heldout = heldout_examples(task.train, sample, config.heldout, config.seed)
+        choice = choose_stage(model, {"search": search.masks, "rearranged": rearranged.masks, "tuned": tuned.masks},
+                              heldout, task.name, config)
+    return Pruned(sample, fisher, search, rearranged, tuned, choice)
 
 
 def distill_compact(teacher, compact, task, config: PostTrainConfig):

@@ -8,7 +8,7 @@ from ..latency import latency_kept
 from ..timing import Stopwatch
 from .stages import Pruned
 
-STAGES = ("fisher", "search", "rearrange", "tune")  # what "pruning time" adds up (evaluation excluded)
+STAGES = ("gradual", "fisher", "search", "rearrange", "tune", "choose")  # what "pruning time" adds up (evaluation excluded)
 
 
 def method_report(pruned: Pruned, budget, config, watch: Stopwatch) -> dict:
@@ -29,11 +29,13 @@ def method_report(pruned: Pruned, budget, config, watch: Stopwatch) -> dict:
         "tuning_examples": tuned.examples, "tuning_tokens": tuned.tokens, "tuning_ffn_target": config.ffn_target,
         "tuning_teacher": config.tune_teacher,
         "allow_empty_sublayers": config.allow_empty_sublayers,
+        "stage_kept": pruned.choice.stage, "heldout_examples": pruned.choice.examples,
+        "heldout_metrics": pruned.choice.heldout,
         "distill_steps": config.distill_steps, "distill_lr": config.distill_lr,
         "distill_precision": config.distill_precision,
     }
     if budget.kind == "latency":
-        report["latency_kept_table"] = latency_kept(search.table, tuned.masks.z_head, tuned.masks.z_int)
+        report["latency_kept_table"] = latency_kept(search.table, pruned.masks.z_head, pruned.masks.z_int)
     return report
 
 

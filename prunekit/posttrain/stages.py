@@ -12,8 +12,10 @@ from ..budget import Budget
 from ..cost import macs, unit_macs
 from ..data import batch_indices, collate, lengths
 from ..errors import PrunekitError
+from ..evaluation import evaluate, torch_predictor
 from ..latency import estimate_latency, fit_piecewise_linear
 from ..masks import Masks
+from ..metrics import main_metric
 from .fisher import diagonal_fisher, mask_gradients, resolve_precision
 from .rearrange import pruned_set_objective, rearrange
 from .search import SearchResult, search_latency, search_mac
@@ -38,6 +40,10 @@ class SearchStage:
     details: dict                     # costs and fits the search used, for the report
     table: dict | None = None         # the latency tables (latency budget only)
 
+    @property
+    def masks(self) -> Masks:
+        return Masks(z_head=self.final.head_mask, z_int=self.final.neuron_mask)
+
 
 @dataclass
 class RearrangeResult:
@@ -55,6 +61,15 @@ class TuneResult:
 
 
 @dataclass
+class StageChoice:
+    """Which stage's masks surgery cuts with: the best on training examples the masks were not fitted
+    on (a stage that makes the model worse there is not kept)."""
+    stage: str                        # "search", "rearranged" or "tuned"
+    heldout: dict                     # stage -> metrics on the held-out examples
+    examples: int                     # how many (0: no choice made, the tuned masks are kept)
+
+
+@dataclass
 class Pruned:
     """Everything the stages produced, in order: what the compact model is cut with and the report says."""
     sample: list
@@ -62,6 +77,33 @@ class Pruned:
     search: SearchStage
     rearranged: RearrangeResult
     tuned: TuneResult
+    choice: StageChoice
+
+    @property
+    def masks(self) -> Masks:
+        """The kept stage's masks."""
+        return {"search": self.search.masks, "rearranged": self.rearranged.masks, "tuned": self.tuned.masks}[
+            self.choice.stage]
+
+
+def heldout_examples(train: list, sample: list, count: int, seed: int) -> list:
+    """Up to `count` training examples outside the sample, drawn at random (seeded)."""
+    taken = {id(e) for e in sample}
+    rest = [e for e in train if id(e) not in taken]
+    order = torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed + 1))[:count]
+    return [rest[i] for i in order.tolist()]
+
+
+def choose_stage(model, candidates: dict, heldout: list, task_name: str, config) -> StageChoice:
+    """The stage whose masks score best on `heldout` (main metric); a tie goes to the later stage.
+    candidates: stage -> Masks, in stage order. No held-out examples: the last stage, unjudged."""
+    if not heldout:
+        return StageChoice(list(candidates)[-1], {}, 0)
+    metric = main_metric(task_name)
+    scores = {stage: evaluate(torch_predictor(model, config.device, masks), heldout, task_name,
+                              config.eval_batch_size, progress=False) for stage, masks in candidates.items()}
+    best = max(reversed(list(scores)), key=lambda stage: scores[stage][metric])  # max keeps the first of equals
+    return StageChoice(best, scores, len(heldout))
 
 
 def sample_examples(train: list, num_samples: int, seed: int) -> list:
