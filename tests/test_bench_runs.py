@@ -235,6 +235,23 @@ def test_train_speed_times_a_fine_tuning_and_a_cofi_step_per_path(script, tmp_pa
     replots_the_same(train_speed, out)
 
 
+@pytest.mark.slow  # two bench/train_speed.py processes, each loading the real MiniLM
+def test_cpu_isa_times_each_way_in_its_own_process_and_replots(script, tmp_path):
+    cpu_isa = script("cpu_isa")
+    out = tmp_path / "isa"
+    assert cpu_isa.main(["--steps", "--rounds", "1", "--inner-rounds", "1", "--seq", "8", "--paths", "torch:fp32",
+                         "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    doc = json.loads((tmp_path / "isa.json").read_text())
+    assert [(r["way"], r["round"]) for r in doc["runs"]] == [("native", 0), ("avx2 (emulated)", 0)]
+    assert sorted((c["step"], c["way"]) for c in doc["median_s"]) == [
+        (step, way) for step in ("cofi", "finetune") for way in ("avx2 (emulated)", "native")]
+    assert all(c["median_s"] > 0 and c["seq"] == 8 for c in doc["median_s"])
+    assert "$ " in (tmp_path / "work" / "cpu_isa.log").read_text()            # each child's command, logged
+    emulated = json.loads((tmp_path / "work" / "cpu_isa_steps_0_avx2.json").read_text())
+    assert emulated["machine"].endswith("native bf16: False")                  # the child saw the AVX2 CPU
+    replots_the_same(cpu_isa, out)
+
+
 @pytest.mark.slow  # loads the real MiniLM and trains it a few steps
 def test_length_grouping_appends_one_measurement_per_run(script, at, tmp_path):
     study = script("studies/length_grouping")

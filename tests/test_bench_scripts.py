@@ -83,9 +83,9 @@ def test_stacked_bad_input_is_one_line_and_exit_2(script, capsys, corrupt, argv,
     one_line_exit_2(script("stacked"), argv, capsys, corrupt, says.format(tmp=corrupt))
 
 
-@pytest.mark.parametrize("name", ["cofi", "posttrain", "distill", "train_speed", "teachers", "studies/compile_probe",
-                                  "studies/fisher_precision", "studies/pruning_time", "studies/export_int8_quality",
-                                  "studies/export_latency", "studies/malloc_ab"])
+@pytest.mark.parametrize("name", ["cofi", "posttrain", "distill", "train_speed", "teachers", "cpu_isa",
+                                  "studies/compile_probe", "studies/fisher_precision", "studies/pruning_time",
+                                  "studies/export_int8_quality", "studies/export_latency", "studies/malloc_ab"])
 def test_every_replot_refuses_a_corrupt_results_file_in_one_line(script, capsys, corrupt, name):
     one_line_exit_2(script(name), ["--replot", str(corrupt / "corrupt.json")], capsys, corrupt, "is not a results JSON")
 
@@ -106,7 +106,7 @@ TABLES = {"cofi": "cofi", "posttrain": "posttrain", "distill": "distill", "teach
           "train_speed_paths": "train_speed", "compile_probe": "studies/compile_probe",
           "fisher_precision": "studies/fisher_precision", "pruning_time": "studies/pruning_time",
           "export_int8": "studies/export_int8_quality", "export": "studies/export_latency",
-          "train_speed_malloc": "studies/malloc_ab"}
+          "train_speed_malloc": "studies/malloc_ab", "cpu_isa": "cpu_isa"}
 DRAWN = {"latency": "latency", "optimize_race": "latency", "cofi_variants_latency": "latency",
          "cofi_variants_mrpc_latency": "latency", "stacked": "stacked", "stacked-smaller": "stacked",
          "stacked_openvino": "stacked", "openvino_latency": "latency"}
