@@ -1,6 +1,7 @@
 """Compile every Triton kernel of prunekit.kernels for GPUs, without a GPU, and judge the machine code.
 
-    python -m prunekit.kernels.compile_check --out bench/results/kernels_compile   # writes .md and .json
+    python -m prunekit.kernels.compile_check --json results.json    # the results; exit 1 on a problem
+    python bench/kernels_compile.py       # the same, as the table bench/results/kernels_compile.{md,json}
 
 How: the real launchers (attention forward and backward, the FFN's GEMMs) are called on CPU tensors
 of the shapes and dtypes training feeds them, with each kernel's launch intercepted instead of run.
@@ -21,7 +22,8 @@ them into the checks tests/test_kernels_compile.py asserts:
 
 Results are cached (--cache, a JSON file) under a key made of the kernel's source hash (Triton's
 cache_key, which covers the functions it calls and the constexpr globals it reads), the Triton
-version, the target and the full specialisation; compiles run in --jobs worker processes.
+version, the target and the full specialisation; compiles run in --jobs worker processes. The code
+generator needs TRITON_INTERPRET unset (`check_environment`).
 """
 import argparse
 import hashlib
@@ -35,6 +37,8 @@ import time
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from prunekit.errors import PrunekitError
 
 TARGETS = (80, 90)
 SHARED_LIMIT = {80: 166912, 90: 232448}   # bytes of shared memory one block may use: A100 163 KiB, H100 227 KiB
@@ -314,63 +318,50 @@ def problems(results: list[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# the table
+# the whole check
 
 
-def table(results: list[dict], seconds: float | None = None) -> str:
-    import triton
-    lines = [f"# Triton kernels compiled for GPUs (triton {triton.__version__}, no GPU needed)", "",
-             "Written by `python -m prunekit.kernels.compile_check --out bench/results/kernels_compile` "
-             "(tests/test_kernels_compile.py runs the same checks). One row per kernel × target × dtype × shape × "
-             "autotuning config the launchers use (identical specialisations once). fp32 runs its dots in TF32. "
-             "mma / wgmma: tensor-core instructions in the PTX; regs, spills (stores/loads bytes): ptxas -v; "
-             "shared: bytes Triton allocates (limit sm_80 166912, sm_90 232448)."]
-    if seconds is not None:
-        lines[-1] += (f" {len(results)} compilations took {sum(r['seconds'] for r in results):.0f} s of compile time "
-                      f"(each timed when it ran, cached ones in an earlier run); this run {seconds:.0f} s with load "
-                      f"average {', '.join(f'{x:.1f}' for x in os.getloadavg())} at its end.")
-    lines += ["", "| kernel | target | dtype | shape | config | compiled | mma.sync | wgmma | regs | spills | shared |",
-              "|---|---|---|---|---|---|---:|---:|---:|---:|---:|"]
-    for r in results:
-        lines.append(f"| {r['kernel']} | sm_{r['target']} | {r['dtype']} | {r['shape']} | {r['config']} | "
-                     f"{'yes' if r['ok'] else 'NO: ' + r['error'][:80]} | {r['mma_sync']} | {r['wgmma']} | "
-                     f"{r['registers']} | {r['spill_stores']}/{r['spill_loads']} | {r['shared']} |")
-    bad = problems(results)
-    lines += ["", f"Problems: {len(bad)}" + ("" if not bad else "\n\n" + "\n".join(f"- {b}" for b in bad))]
-    return "\n".join(lines) + "\n"
+def check_environment() -> None:
+    """The code generator runs: TRITON_INTERPRET unset (the interpreter replaces it), and the switch
+    that would let kernels read plain globals (what this checks) removed."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("0", ""):
+        raise PrunekitError("unset TRITON_INTERPRET (the interpreter replaces the code generator)")
+    os.environ.pop("TRITON_ALLOW_NON_CONSTEXPR_GLOBALS", None)
+
+
+def run(kernels=None, cache: Path | None = None, jobs: int = 1) -> dict:
+    """Every training launch (of `kernels` only, names, when given) compiled for every target: the
+    results, the @triton.jit functions no training launch reaches, and the seconds it took."""
+    start = time.perf_counter()
+    launches = training_launches()
+    results = compile_all([launch for launch in launches if not kernels or launch.name in kernels], cache=cache,
+                          jobs=max(1, jobs))
+    return {"results": results, "uncovered": uncovered(launches), "seconds": round(time.perf_counter() - start, 1)}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", help="write OUT.md and OUT.json")
-    p.add_argument("--json", help="write the results (a list of dicts) to this file")
+    p.add_argument("--json", help="write the results, the uncovered functions and the seconds to this file")
     p.add_argument("--cache", help="JSON file of earlier results, read and updated")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes (default: one per core)")
     p.add_argument("--kernels", type=lambda t: t.split(","), help="only these kernels (comma-separated names)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: compile the tasks (cache
     # keys) read from stdin, print their results as JSON
     args = p.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("0", ""):
-        print("compile_check: unset TRITON_INTERPRET (the interpreter replaces the code generator)", file=sys.stderr)
+    try:
+        check_environment()
+    except PrunekitError as e:
+        print(f"compile_check: {e}", file=sys.stderr)
         return 2
-    os.environ.pop("TRITON_ALLOW_NON_CONSTEXPR_GLOBALS", None)   # would let through what this checks
     if args.worker:
         todo = {key: (launch, cc) for key, launch, cc in tasks(training_launches())}
         print(json.dumps({key: asdict(compile_launch(*todo[key])) for key in sys.stdin.read().split()}))
         return 0
-    start = time.perf_counter()
-    launches = [launch for launch in training_launches() if not args.kernels or launch.name in args.kernels]
-    results = compile_all(launches, cache=Path(args.cache) if args.cache else None, jobs=max(1, args.jobs))
-    seconds = time.perf_counter() - start
+    done = run(args.kernels, Path(args.cache) if args.cache else None, args.jobs)
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "uncovered": uncovered(launches),
-                                               "seconds": round(seconds, 1)}))
-    if args.out:
-        Path(args.out).with_suffix(".md").write_text(table(results, seconds))
-        Path(args.out).with_suffix(".json").write_text(json.dumps({"seconds": round(seconds, 1),
-                                                                   "results": results}, indent=1) + "\n")
-    bad = problems(results)
-    print(f"compiled {len(results)} kernels in {seconds:.0f} s; {len(bad)} problems")
+        Path(args.json).write_text(json.dumps(done))
+    bad = problems(done["results"])
+    print(f"compiled {len(done['results'])} kernels in {done['seconds']:.0f} s; {len(bad)} problems")
     for b in bad:
         print(f"  {b}")
     return 1 if bad else 0

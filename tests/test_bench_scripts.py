@@ -84,10 +84,17 @@ def test_stacked_bad_input_is_one_line_and_exit_2(script, capsys, corrupt, argv,
 
 
 @pytest.mark.parametrize("name", ["cofi", "posttrain", "distill", "train_speed", "teachers", "cpu_isa",
-                                  "studies/compile_probe", "studies/fisher_precision", "studies/pruning_time",
-                                  "studies/export_int8_quality", "studies/export_latency", "studies/malloc_ab"])
+                                  "kernels_compile", "studies/compile_probe", "studies/fisher_precision",
+                                  "studies/pruning_time", "studies/export_int8_quality", "studies/export_latency",
+                                  "studies/malloc_ab"])
 def test_every_replot_refuses_a_corrupt_results_file_in_one_line(script, capsys, corrupt, name):
     one_line_exit_2(script(name), ["--replot", str(corrupt / "corrupt.json")], capsys, corrupt, "is not a results JSON")
+
+
+def test_kernels_compile_refuses_to_measure_in_the_triton_interpreter(script, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")    # the interpreter never runs the code generator it checks
+    one_line_exit_2(script("kernels_compile"), ["--out", str(tmp_path / "kc")], capsys, tmp_path,
+                    "unset TRITON_INTERPRET")
 
 
 def test_the_parser_range_types_say_what_is_wrong(script):
@@ -106,7 +113,7 @@ TABLES = {"cofi": "cofi", "posttrain": "posttrain", "distill": "distill", "teach
           "train_speed_paths": "train_speed", "compile_probe": "studies/compile_probe",
           "fisher_precision": "studies/fisher_precision", "pruning_time": "studies/pruning_time",
           "export_int8": "studies/export_int8_quality", "export": "studies/export_latency",
-          "train_speed_malloc": "studies/malloc_ab", "cpu_isa": "cpu_isa"}
+          "train_speed_malloc": "studies/malloc_ab", "cpu_isa": "cpu_isa", "kernels_compile": "kernels_compile"}
 DRAWN = {"latency": "latency", "optimize_race": "latency", "cofi_variants_latency": "latency",
          "cofi_variants_mrpc_latency": "latency", "stacked": "stacked", "stacked-smaller": "stacked",
          "stacked_openvino": "stacked", "openvino_latency": "latency"}

@@ -104,6 +104,26 @@ def test_a_kernel_reading_a_plain_module_global_fails_to_compile(scale, compiles
         assert problem.startswith("_scale sm_90") and "does not compile: CompilationError" in problem
 
 
+def test_the_bench_table_of_one_kernel_says_what_compiled_and_comes_back_from_its_json(tmp_path):
+    """bench/kernels_compile.py (the table in bench/results) on one small kernel, in its own process as
+    users run it: a row per target x dtype x specialisation, no problems, and --replot writes it again."""
+    out = tmp_path / "kc"
+    proc = subprocess.run([sys.executable, "bench/kernels_compile.py", "--kernels", "_attn_bwd_delta", "--jobs", "1",
+                           "--cache", str(tmp_path / "cache.json"), "--out", str(out)], env=compiler_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads((tmp_path / "kc.json").read_text())
+    assert {r["kernel"] for r in doc["results"]} == {"_attn_bwd_delta"} and doc["triton"]
+    assert {(r["target"], r["dtype"]) for r in doc["results"]} == {(t, d) for t in (80, 90) for d in ("fp32", "bf16",
+                                                                                                        "fp16")}
+    md = (tmp_path / "kc.md").read_text()
+    assert md.endswith("Problems: 0\n") and md.count("| _attn_bwd_delta | sm_") == len(doc["results"])
+    (tmp_path / "kc.md").unlink()
+    proc = subprocess.run([sys.executable, "bench/kernels_compile.py", "--replot", str(tmp_path / "kc.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and (tmp_path / "kc.md").read_text() == md
+
+
 def test_problems_flags_spills_missing_tensor_cores_and_shared_memory():
     base = dict(kernel="_k", target=90, dtype="bf16", shape="s", config="c", ok=True, error="", mma_sync=0, wgmma=4,
                 has_dot=True, registers=128, spill_stores=0, spill_loads=0, shared=1000, seconds=1.0)
