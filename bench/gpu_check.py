@@ -2,6 +2,7 @@
 
     bash bench/gpu_check.sh                     # = python bench/gpu_check.py --out bench/results/gpu_check
     python bench/gpu_check.py --only kernels,cofi --cofi-steps 100
+    python bench/gpu_check.py --replot bench/results/gpu_check.json      # the table again from the JSON
 
 Checks (each one a subprocess with its own time limit; a failing check is reported, the others run):
   kernels  tests/test_kernels.py compiled on the GPU (TRITON_INTERPRET=0): forward and every gradient
@@ -18,7 +19,9 @@ Checks (each one a subprocess with its own time limit; a failing check is report
   ddp      `prunekit finetune` as 2 NCCL processes (torchrun) vs 1 process, dropout as configured:
            the same number of steps and train losses within DDP_RTOL (needs 2 GPUs; skipped otherwise)
 The teacher is the packaged MiniLM (`--teacher`); the data is $GLUE_DIR's SST-2, or without it a
-synthetic sentiment task written to the work directory. Writes OUT.md (one table) and OUT.json.
+synthetic sentiment task written to the work directory. Writes OUT.md (one table) and OUT.json after
+each check (a table of an unfinished run names the checks not run); `--replot OUT.json` writes the
+table again.
 """
 import argparse
 import json
@@ -31,6 +34,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from common import command_line, parser, replot
+from prunekit.benchmark import check_out, script, write_results
+from prunekit.errors import PrunekitError
+
+PROG = "bench/gpu_check.py"
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ("kernels", "bench", "cofi", "export", "ddp")
 COFI_STEPS = 200
@@ -49,8 +57,7 @@ class Row:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="bench/results/gpu_check", help="write OUT.md and OUT.json")
+    p = parser(PROG, __doc__, out="bench/results/gpu_check")
     p.add_argument("--work", default="runs/gpu_check", help="where the runs and exports go")
     p.add_argument("--only", type=checks_list, default=list(CHECKS),
                    help=f"comma-separated subset of {','.join(CHECKS)}")
@@ -78,10 +85,17 @@ def checks_list(text: str) -> list[str]:
 # the table
 
 
-def table(rows: list[Row], environment: dict) -> str:
-    """One Markdown table: check, status, figures, seconds; the environment above it."""
-    env = ", ".join(f"{k} {v}" for k, v in environment.items())
-    lines = ["# GPU check (bench/gpu_check.py)", "", f"Environment: {env}.", "",
+def document(rows: list[Row], environment: dict, command: str, checks: list[str]) -> dict:
+    """What OUT.json holds: the command, the GPU's environment, the checks asked for and the rows done."""
+    return {"command": command, "environment": environment, "checks": checks, "rows": [asdict(r) for r in rows]}
+
+
+def markdown(doc: dict) -> str:
+    """One Markdown table: check, status, figures, seconds; the command and environment above it, and
+    below it how many passed (and which checks asked for have not run, in an unfinished run)."""
+    rows = [Row(**r) for r in doc["rows"]]
+    env = ", ".join(f"{k} {v}" for k, v in doc["environment"].items())
+    lines = ["# GPU check", "", f"Command: `{doc['command']}`", "", f"Environment: {env}.", "",
              "| check | status | figures | note | seconds |", "|---|---|---|---|---:|"]
     for r in rows:
         figs = "; ".join(f"{k} {fmt(v)}" for k, v in r.figures.items())
@@ -89,6 +103,9 @@ def table(rows: list[Row], environment: dict) -> str:
     passed = sum(r.status == "pass" for r in rows)
     lines += ["", f"{passed} of {len(rows)} checks passed; "
               f"{sum(r.status == 'skipped' for r in rows)} skipped, {sum(r.status == 'fail' for r in rows)} failed."]
+    pending = [c for c in doc["checks"] if c not in {r.check for r in rows}]
+    if pending:
+        lines.append(f"Unfinished: {', '.join(pending)} not run (the run stopped, or is still running).")
     return "\n".join(lines) + "\n"
 
 
@@ -98,13 +115,6 @@ def fmt(v) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(fmt(x) for x in v) + "]"
     return str(v)
-
-
-def write(rows: list[Row], environment: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(table(rows, environment))
-    out.with_suffix(".json").write_text(json.dumps({"environment": environment, "rows": [asdict(r) for r in rows]},
-                                                   indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,16 +271,18 @@ def environment() -> dict:
             "triton": triton.__version__, "CUDA": torch.version.cuda}
 
 
-def main(argv=None) -> int:
+@script(PROG)
+def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.replot:
+        return replot(args.replot, markdown, needs=("command", "environment", "checks", "rows"))
     import torch
     if not torch.cuda.is_available():
-        print("gpu_check: torch sees no CUDA GPU here; this checks the CUDA paths (the CPU ones are `make test`)",
-              file=sys.stderr)
-        return 2
-    work = ROOT / args.work
+        raise PrunekitError("torch sees no CUDA GPU here; this checks the CUDA paths (the CPU ones are `make test`)")
+    check_out(args.out)
+    work = Path(args.work).resolve()   # the checks run their commands from the repository root
     work.mkdir(parents=True, exist_ok=True)
-    rows = []
+    command, rows = command_line(PROG, argv), []
     for name in args.only:
         start = time.perf_counter()
         try:
@@ -280,8 +292,9 @@ def main(argv=None) -> int:
         row.seconds = time.perf_counter() - start
         rows.append(row)
         print(f"{name}: {row.status} {row.figures} {row.note}", flush=True)
-        write(rows, environment(), ROOT / args.out)
-    print(table(rows, environment()))
+        doc = document(rows, environment(), command, args.only)
+        write_results(args.out, markdown(doc), doc)
+    print(markdown(doc))
     return 0 if all(r.status != "fail" for r in rows) else 1
 
 

@@ -84,7 +84,7 @@ def test_stacked_bad_input_is_one_line_and_exit_2(script, capsys, corrupt, argv,
 
 
 @pytest.mark.parametrize("name", ["cofi", "posttrain", "distill", "train_speed", "teachers", "cpu_isa",
-                                  "kernels_compile", "studies/compile_probe", "studies/fisher_precision",
+                                  "kernels_compile", "gpu_check", "studies/compile_probe", "studies/fisher_precision",
                                   "studies/pruning_time", "studies/export_int8_quality", "studies/export_latency",
                                   "studies/malloc_ab"])
 def test_every_replot_refuses_a_corrupt_results_file_in_one_line(script, capsys, corrupt, name):

@@ -1,22 +1,17 @@
 """bench/gpu_check.py's parts that run without a GPU: argument parsing, the synthetic task, the loss
-comparison, the table writer, and the refusal on a machine without CUDA. (The checks themselves need
-a CUDA GPU: `bash bench/gpu_check.sh` there.)"""
-import importlib.util
+comparison, the table writer and its --replot, and the refusal on a machine without CUDA. (The checks
+themselves need a CUDA GPU: `bash bench/gpu_check.sh` there.)"""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from test_bench_scripts import script  # noqa: F401 (the fixture that imports a bench script)
 
 
-@pytest.fixture(scope="module")
-def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def gpu_check(script):
+    return script("gpu_check")
 
 
 def test_arguments(gpu_check, capsys):
@@ -37,18 +32,27 @@ def test_the_table_has_one_row_per_check_and_says_what_passed(gpu_check, tmp_pat
             gpu_check.Row("cofi", "fail", {"s/step triton": 0.0412345, "loss curve max rel diff": 0.31}, "x", 99.6),
             gpu_check.Row("ddp", "skipped", note="needs 2 GPUs, this machine has 1")]
     env = {"GPU": "NVIDIA H100", "GPUs": 1}
-    text = gpu_check.table(rows, env)
+    doc = gpu_check.document(rows, env, "python bench/gpu_check.py --only kernels,cofi,ddp", ["kernels", "cofi", "ddp"])
+    text = gpu_check.markdown(doc)
     lines = text.splitlines()
-    assert lines[2] == "Environment: GPU NVIDIA H100, GPUs 1."
-    assert lines[4:6] == ["| check | status | figures | note | seconds |", "|---|---|---|---|---:|"]
-    assert lines[6] == "| kernels | pass | tests passed 27 | compiled, not interpreted | 41 |"
-    assert lines[7] == "| cofi | fail | s/step triton 0.04123; loss curve max rel diff 0.31 | x | 100 |"
-    assert lines[8] == "| ddp | skipped |  | needs 2 GPUs, this machine has 1 | 0 |"
+    assert lines[2] == "Command: `python bench/gpu_check.py --only kernels,cofi,ddp`"
+    assert lines[4] == "Environment: GPU NVIDIA H100, GPUs 1."
+    assert lines[6:8] == ["| check | status | figures | note | seconds |", "|---|---|---|---|---:|"]
+    assert lines[8] == "| kernels | pass | tests passed 27 | compiled, not interpreted | 41 |"
+    assert lines[9] == "| cofi | fail | s/step triton 0.04123; loss curve max rel diff 0.31 | x | 100 |"
+    assert lines[10] == "| ddp | skipped |  | needs 2 GPUs, this machine has 1 | 0 |"
     assert lines[-1] == "1 of 3 checks passed; 1 skipped, 1 failed."
-    gpu_check.write(rows, env, tmp_path / "sub" / "gpu_check")
-    assert (tmp_path / "sub" / "gpu_check.md").read_text() == text
-    saved = json.loads((tmp_path / "sub" / "gpu_check.json").read_text())
-    assert saved["environment"] == env and [r["status"] for r in saved["rows"]] == ["pass", "fail", "skipped"]
+    (tmp_path / "gpu_check.json").write_text(json.dumps(doc))
+    assert gpu_check.main(["--replot", str(tmp_path / "gpu_check.json")]) == 0
+    assert (tmp_path / "gpu_check.md").read_text() == text
+
+
+def test_an_unfinished_run_names_the_checks_not_run(gpu_check):
+    doc = gpu_check.document([gpu_check.Row("kernels", "pass", seconds=3.0)], {"GPU": "x"}, "python bench/gpu_check.py",
+                             list(gpu_check.CHECKS))
+    assert gpu_check.markdown(doc).splitlines()[-2:] == [
+        "1 of 1 checks passed; 0 skipped, 0 failed.",
+        "Unfinished: bench, cofi, export, ddp not run (the run stopped, or is still running)."]
 
 
 def test_loss_curves_are_compared_point_by_point(gpu_check, tmp_path):
@@ -77,6 +81,6 @@ def test_without_cuda_it_says_so_in_one_line_and_exits_2(gpu_check, capsys, tmp_
         pytest.skip("a GPU is here: gpu_check would run its checks")
     assert gpu_check.main(["--out", str(tmp_path / "x"), "--work", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("gpu_check: torch sees no CUDA GPU here; this checks the CUDA paths (the CPU ones are "
-                   "`make test`)")
-    assert not (tmp_path / "x.md").exists()
+    assert err == ("bench/gpu_check.py: error: torch sees no CUDA GPU here; this checks the CUDA paths (the CPU "
+                   "ones are `make test`)")
+    assert list(tmp_path.iterdir()) == []                                # nothing written, not even --work
