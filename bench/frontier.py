@@ -105,6 +105,8 @@ def main(argv: list[str]) -> int:
             for m in args.macs:
                 for seed in args.seeds:
                     run_route(args, glue_dir, route, m, seed, doc)
+    doc.update(previous(args.out))  # with the rows other studies added meanwhile
+    doc["not_run"].update(not_run)
     if not args.no_latency:
         measure(args, glue_dir, doc)
     doc["environment"] = environment(args.threads)
@@ -131,7 +133,7 @@ def previous(out) -> dict:
 def run_route(args, glue_dir: str, route: str, m: float, seed: int, doc: dict) -> None:
     """One `prunekit compress` run, unless its row exists; the row from its report.json."""
     key = dict(task=args.task, route=route, macs_target=m, seed=seed)
-    if any(all(r.get(k) == v for k, v in key.items()) for r in doc["rows"]):
+    if any(same_run(r, key) for r in previous(args.out)["rows"]):
         return
     if route == "gradual" and not gradual_budgets(m):
         doc["not_run"][f"{route}@{m:g}"] = "no intermediate budget above it: gradual = one shot here"
@@ -148,15 +150,26 @@ def run_route(args, glue_dir: str, route: str, m: float, seed: int, doc: dict) -
     metric = report["main_metric"]
     dev = report["dev_metrics"]
     final = dev.get("distilled") or dev.get("finetuned") or dev.get("compact") or dev[list(dev)[-1]]
-    doc["rows"].append({**key, "family": ROUTES[route][0], "dir": str(out), "metric": metric,
-                        "teacher": dev["teacher"][metric], "value": final[metric],
-                        "drop": round(100 * (dev["teacher"][metric] - final[metric]), 2),
-                        "macs_kept": report["macs_kept"], "stage_kept": report.get("stage_kept"),
-                        "minutes": round(ran["wall_seconds"] / 60, 2),
-                        "cpu_minutes": round((after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime) / 60, 2),
-                        "threads": args.threads, "load": [ran["load_before"], ran["load_after"]],
-                        "command": "prunekit " + shlex.join(cmd[3:]).replace(glue_dir, "$GLUE_DIR")})
-    write_results(args.out, doc=doc)  # a row at a time: an interrupted study keeps what it finished
+    row = {**key, "family": ROUTES[route][0], "dir": str(out), "metric": metric,
+           "teacher": dev["teacher"][metric], "value": final[metric],
+           "drop": round(100 * (dev["teacher"][metric] - final[metric]), 2),
+           "macs_kept": report["macs_kept"], "stage_kept": report.get("stage_kept"),
+           "minutes": round(ran["wall_seconds"] / 60, 2),
+           "cpu_minutes": round((after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime) / 60, 2),
+           "threads": args.threads, "load": [ran["load_before"], ran["load_after"]],
+           "steps": args.steps if "--distill-steps" in cmd else None,
+           "command": "prunekit " + shlex.join(cmd[3:]).replace(glue_dir, "$GLUE_DIR")}
+    # a row at a time, added to OUT.json as it is now: an interrupted study keeps what it finished, and
+    # two studies of other routes or budgets writing the same OUT.json at once keep each other's rows
+    current = previous(args.out)
+    current["rows"] = [r for r in current["rows"] if not same_run(r, key)] + [row]
+    current["not_run"] = {**current["not_run"], **doc["not_run"]}
+    doc.update(current)
+    write_results(args.out, doc=doc)
+
+
+def same_run(row: dict, key: dict) -> bool:
+    return all(row.get(k) == v for k, v in key.items())
 
 
 def measure(args, glue_dir: str, doc: dict) -> None:
@@ -227,14 +240,15 @@ def markdown(doc: dict) -> str:
         lines += [f"## {task} ({m}; teacher {100 * rows[0]['teacher']:.2f}"
                   + (f", int8 {100 * t['int8_value']:.2f}; teacher fp32 P50 {t['p50_ms_fp32_b32_s128']:.0f} ms at "
                      f"b32/s128, {t['p50_ms_fp32_b1_s128']:.1f} ms at b1/s128" if "int8_value" in t else "") + ")", ""]
-        body = [[r["route"], f"{r['macs_target']:.0%}", f"{r['macs_kept']:.3f}", r["seed"], f"{100 * r['value']:.2f}",
+        body = [[r["route"], f"{r['macs_target']:.0%}", f"{r['macs_kept']:.3f}", r["seed"],
+                 r.get("steps") or "-", f"{100 * r['value']:.2f}",
                  f"{r['drop']:+.2f}", fmt(r, "int8_value", lambda v: f"{100 * v:.2f}"),
                  f"{r['minutes']:.1f} ({r['cpu_minutes']:.1f})",
                  fmt(r, "speedup_fp32_b32_s128", "{:.2f}×"), fmt(r, "speedup_int8_b32_s128", "{:.2f}×"),
                  fmt(r, "speedup_fp32_b1_s128", "{:.2f}×"), fmt(r, "speedup_int8_b1_s128", "{:.2f}×"), verdict(r)]
                 for r in rows]
-        lines += [table(["route", "MACs", "kept", "seed", f"dev {m}", "drop", "int8 dev", "minutes (CPU)",
-                         "fp32 b32", "int8 b32", "fp32 b1", "int8 b1", "goal"], body, "lrrrrrrrrrrrl"), ""]
+        lines += [table(["route", "MACs", "kept", "seed", "N", f"dev {m}", "drop", "int8 dev", "minutes (CPU)",
+                         "fp32 b32", "int8 b32", "fp32 b1", "int8 b1", "goal"], body, "lrrrrrrrrrrrrl"), ""]
         lines += ["Commands:", ""] + [f"- {r['route']} {r['macs_target']:.0%} s{r['seed']}: `{r['command']}`"
                                        for r in rows] + [""]
     if doc["not_run"]:

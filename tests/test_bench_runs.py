@@ -315,6 +315,36 @@ def test_frontier_runs_each_route_once_measures_fp32_and_int8_and_replots(script
     replots_the_same(frontier, out)
 
 
+def test_frontier_keeps_the_rows_another_study_wrote_while_a_run_went_on(script, at, monkeypatch):
+    """Two frontier studies (other routes) write the same OUT.json: the one finishing second keeps the
+    first one's row, and a run whose row is already there is not run again."""
+    frontier = script("frontier")
+    out = at / "res" / "frontier"
+    theirs = {"task": "sst2", "route": "gradual", "macs_target": 0.1, "seed": 0, "value": 0.86}
+    ran = []
+
+    def fake_run(cmd, log):  # the compress process: its report, and meanwhile the other study's row
+        ran.append(cmd)
+        run_dir = Path(cmd[cmd.index("--output") + 1])
+        run_dir.mkdir(parents=True)
+        (run_dir / "report.json").write_text(json.dumps({
+            "main_metric": "accuracy", "macs_kept": 0.099,
+            "dev_metrics": {"teacher": {"accuracy": 0.88}, "distilled": {"accuracy": 0.87}}}))
+        frontier.write_results(out, doc={"rows": [theirs], "not_run": {}})
+        return {"wall_seconds": 90.0, "load_before": [1.0], "load_after": [1.0]}
+
+    monkeypatch.setattr(frontier, "run_logged", fake_run)
+    args = frontier.build_parser().parse_args(["--task", "sst2", "--teacher", "t", "--steps", "7", "--out", str(out),
+                                               "--runs-dir", str(at / "runs" / "f")])
+    doc = frontier.previous(out)
+    frontier.run_route(args, "glue", "pt-distill", 0.1, 0, doc)
+    rows = json.loads(out.with_name("frontier.json").read_text())["rows"]
+    assert [r["route"] for r in rows] == ["gradual", "pt-distill"] and doc["rows"] == rows
+    assert rows[1]["drop"] == 1.0 and rows[1]["steps"] == 7 and rows[1]["minutes"] == 1.5
+    frontier.run_route(args, "glue", "gradual", 0.1, 0, frontier.previous(out))  # finished by the other study
+    assert len(ran) == 1
+
+
 def test_frontier_refuses_a_bad_not_run_cell_and_a_missing_teacher(script, at, capsys):
     frontier = script("frontier")
     for argv, says in ((["--task", "sst2", "--teacher", "runs/teacher-sst2", "--not-run", "magic@0.1=x"],
