@@ -5,9 +5,9 @@ accuracy each keeps, the wall time it took and the ORT latency of what it ships 
     python bench/frontier.py --task sst2 --teacher runs/teacher-sst2 --no-runs     # measure and tabulate only
     python bench/frontier.py --replot bench/results/frontier.json                   # the table and figure again
 
-Each (route, budget, seed) is one `prunekit compress` process writing runs/frontier/<task>/<route>-<macs>-s<seed>
-(a rerun skips finished ones); its wall and CPU time, the load average and the exact command are
-recorded. Then every finished model of the task and the teacher are exported (plain fp32 ONNX and
+Each (route, budget, seed, distillation steps N) is one `prunekit compress` process writing
+runs/frontier/<task>/<route>-<macs>-s<seed>[-n<N>] (a rerun skips finished ones, whichever study ran
+them); its wall and CPU time, the load average and the exact command are recorded. Then every finished model of the task and the teacher are exported (plain fp32 ONNX and
 dynamic int8), the int8 graphs scored on the dev set, and all of them timed in ONNX Runtime in one
 interleaved run per shape (b32/s128 and b1/s128): speed-ups are against the teacher's fp32 graph of
 that same run. Rows of every task accumulate in OUT.json; OUT.md and OUT.png are drawn from it.
@@ -132,16 +132,17 @@ def previous(out) -> dict:
 
 def run_route(args, glue_dir: str, route: str, m: float, seed: int, doc: dict) -> None:
     """One `prunekit compress` run, unless its row exists; the row from its report.json."""
-    key = dict(task=args.task, route=route, macs_target=m, seed=seed)
+    options = ROUTES[route][2](f"{m:g}", str(args.steps), str(seed))
+    steps = args.steps if "--distill-steps" in options else None
+    key = dict(task=args.task, route=route, macs_target=m, seed=seed, steps=steps)
     if any(same_run(r, key) for r in previous(args.out)["rows"]):
         return
     if route == "gradual" and not gradual_budgets(m):
         doc["not_run"][f"{route}@{m:g}"] = "no intermediate budget above it: gradual = one shot here"
         return
-    out = Path(args.runs_dir) / args.task / f"{route}-{m:g}-s{seed}"
+    out = Path(args.runs_dir) / args.task / (f"{route}-{m:g}-s{seed}" + (f"-n{steps}" if steps else ""))
     cmd = prunekit_command("compress", "--teacher", args.teacher, "--task", args.task, "--glue-dir", glue_dir,
-                           "--output", out, "--threads", args.threads, "--overwrite",
-                           *ROUTES[route][2](f"{m:g}", str(args.steps), str(seed)))
+                           "--output", out, "--threads", args.threads, "--overwrite", *options)
     print(f"== {route} at {m:g} MACs, seed {seed}: {out}", file=sys.stderr, flush=True)
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     ran = run_logged(cmd, out.with_name(out.name + ".log"))
@@ -157,7 +158,6 @@ def run_route(args, glue_dir: str, route: str, m: float, seed: int, doc: dict) -
            "minutes": round(ran["wall_seconds"] / 60, 2),
            "cpu_minutes": round((after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime) / 60, 2),
            "threads": args.threads, "load": [ran["load_before"], ran["load_after"]],
-           "steps": args.steps if "--distill-steps" in cmd else None,
            "command": "prunekit " + shlex.join(cmd[3:]).replace(glue_dir, "$GLUE_DIR")}
     # a row at a time, added to OUT.json as it is now: an interrupted study keeps what it finished, and
     # two studies of other routes or budgets writing the same OUT.json at once keep each other's rows
@@ -169,6 +169,7 @@ def run_route(args, glue_dir: str, route: str, m: float, seed: int, doc: dict) -
 
 
 def same_run(row: dict, key: dict) -> bool:
+    """The row of that run: task, route, budget, seed and distillation steps."""
     return all(row.get(k) == v for k, v in key.items())
 
 
@@ -234,7 +235,7 @@ def markdown(doc: dict) -> str:
              "int8 (`prunekit export --onnx --quantize int8`), scored on the dev set too.", ""]
     for task in dict.fromkeys(r["task"] for r in doc["rows"]):
         rows = sorted((r for r in doc["rows"] if r["task"] == task), key=lambda r: (-r["macs_target"], r["route"],
-                                                                                    r["seed"]))
+                                                                                    r.get("steps") or 0, r["seed"]))
         t = doc.get("teachers", {}).get(task, {})
         m = rows[0]["metric"]
         lines += [f"## {task} ({m}; teacher {100 * rows[0]['teacher']:.2f}"
@@ -249,7 +250,8 @@ def markdown(doc: dict) -> str:
                 for r in rows]
         lines += [table(["route", "MACs", "kept", "seed", "N", f"dev {m}", "drop", "int8 dev", "minutes (CPU)",
                          "fp32 b32", "int8 b32", "fp32 b1", "int8 b1", "goal"], body, "lrrrrrrrrrrrrl"), ""]
-        lines += ["Commands:", ""] + [f"- {r['route']} {r['macs_target']:.0%} s{r['seed']}: `{r['command']}`"
+        lines += ["Commands:", ""] + [f"- {r['route']} {r['macs_target']:.0%} s{r['seed']}"
+                                       + (f" N {r['steps']}" if r.get("steps") else "") + f": `{r['command']}`"
                                        for r in rows] + [""]
     if doc["not_run"]:
         lines += ["Not run:", ""] + [f"- {cell}: {why}" for cell, why in sorted(doc["not_run"].items())] + [""]

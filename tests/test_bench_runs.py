@@ -330,7 +330,8 @@ def test_frontier_keeps_the_rows_another_study_wrote_while_a_run_went_on(script,
         (run_dir / "report.json").write_text(json.dumps({
             "main_metric": "accuracy", "macs_kept": 0.099,
             "dev_metrics": {"teacher": {"accuracy": 0.88}, "distilled": {"accuracy": 0.87}}}))
-        frontier.write_results(out, doc={"rows": [theirs], "not_run": {}})
+        if len(ran) == 1:
+            frontier.write_results(out, doc={"rows": [theirs], "not_run": {}})
         return {"wall_seconds": 90.0, "load_before": [1.0], "load_after": [1.0]}
 
     monkeypatch.setattr(frontier, "run_logged", fake_run)
@@ -340,9 +341,12 @@ def test_frontier_keeps_the_rows_another_study_wrote_while_a_run_went_on(script,
     frontier.run_route(args, "glue", "pt-distill", 0.1, 0, doc)
     rows = json.loads(out.with_name("frontier.json").read_text())["rows"]
     assert [r["route"] for r in rows] == ["gradual", "pt-distill"] and doc["rows"] == rows
+    assert Path(ran[0][ran[0].index("--output") + 1]) == at / "runs" / "f" / "sst2" / "pt-distill-0.1-s0-n7"
     assert rows[1]["drop"] == 1.0 and rows[1]["steps"] == 7 and rows[1]["minutes"] == 1.5
-    frontier.run_route(args, "glue", "gradual", 0.1, 0, frontier.previous(out))  # finished by the other study
-    assert len(ran) == 1
+    frontier.run_route(args, "glue", "gradual", 0.1, 0, frontier.previous(out))  # other N: a run of its own
+    assert len(ran) == 2 and "gradual-0.1-s0-n7" in str(ran[1])
+    frontier.run_route(args, "glue", "pt-distill", 0.1, 0, frontier.previous(out))  # finished: not again
+    assert len(ran) == 2
 
 
 def test_frontier_refuses_a_bad_not_run_cell_and_a_missing_teacher(script, at, capsys):
