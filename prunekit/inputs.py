@@ -22,7 +22,6 @@ from .data import GLUE, Task, canonical_task, chosen_labels, encode, infer_label
 from .errors import PrunekitError
 from .evaluation import resolve_max_length, trained_labels
 from .teachers import teacher_task
-from .tokenizer import require_tokenizer
 
 
 def user_task(model, train_data, eval_data=None, *, task: str | None = None, text_column: str | None = None,
@@ -81,10 +80,17 @@ def from_names(model, train_data: str, eval_data, task, text_column, text_pair_c
                                 "data; a GLUE task has its own")
         name, data = train_data, {}
     data.update(glue_dir=None if glue_dir is None else str(glue_dir), max_length=max_length)
-    require_tokenizer(tokenizer, model_name, "its data is text: give tokenizer=")
+    need_tokenizer(tokenizer, model_name)
     with_tokenizer = TokenizerOf(model, tokenizer)
     task = teacher_task(with_tokenizer, model_name, name, data, default_length(name))
     return task, {"data": data, "max_length": data["max_length"]}
+
+
+def need_tokenizer(tokenizer, model_name: str) -> None:
+    """Text data needs the teacher's tokenizer (a model directory brings its own; an object may not)."""
+    if tokenizer is None:
+        raise PrunekitError(f"{model_name} carries no tokenizer and the data is text: give tokenizer= (the one it "
+                            "was fine-tuned with)")
 
 
 class TokenizerOf:
@@ -158,7 +164,7 @@ def from_tables(model, train_data, eval_data, name: str, spec, text_column, text
     for table in tables.values():
         table.check((*texts, label_col))
     rows = {k: t.rows_of((*texts, label_col)) for k, t in tables.items()}
-    require_tokenizer(tokenizer, model_name, "its data is text: give tokenizer=")
+    need_tokenizer(tokenizer, model_name)
     is_regression = spec is not None and spec.labels is None
     names, label2id = label_set(model.config, spec, rows["train"], label_col, label_list,
                                 tables["train"].class_names(label_col), is_regression)

@@ -13,12 +13,14 @@ import pandas as pd
 import pytest
 import torch
 import transformers
+from datasets import ClassLabel, Dataset, DatasetDict
 
 import prunekit
-from conftest import sentence, small_model, write_sentiment_glue
+from conftest import sentence, small_model, tiny_model, write_sentiment_glue
 from prunekit.cli import main
 from prunekit.data import batches, collate, load_task
 from prunekit.errors import PrunekitError
+from prunekit.inputs import user_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -130,17 +132,15 @@ def glue_frames(glue: Path):
 
 
 def test_a_table_dataset_and_loader_give_the_task_the_glue_files_give(teacher, glue, tok):
-    from datasets import Dataset, DatasetDict
-    from prunekit.inputs import user_task
     reference = load_task("sst2", tok, glue_dir=str(glue), max_length=64)  # the CLI's reading of the files
     train, dev = glue_frames(glue)
     got = {
         "DataFrame": user_task(teacher, train, dev, task="sst2", max_length=64)[0],
         "Dataset": user_task(teacher, Dataset.from_pandas(train), Dataset.from_pandas(dev), text_column="sentence",
                              task="sst2", max_length=64)[0],
-        "DatasetDict": user_task(teacher, DatasetDict(train=Dataset.from_pandas(train),
-                                                      validation=Dataset.from_pandas(dev)), task="sst2",
-                                 max_length=64)[0],
+        "DatasetDict with ClassLabel names": user_task(teacher, DatasetDict(
+            train=Dataset.from_pandas(train), validation=Dataset.from_pandas(dev)).cast_column(
+            "label", ClassLabel(names=["negative", "positive"])), task="sst2", max_length=64)[0],
     }
     loaders = [torch.utils.data.DataLoader(examples, batch_size=7, collate_fn=collate)
                for examples in (reference.train, reference.dev)]
@@ -151,7 +151,6 @@ def test_a_table_dataset_and_loader_give_the_task_the_glue_files_give(teacher, g
 
 
 def test_string_labels_are_mapped_like_a_files(teacher):
-    from prunekit.inputs import user_task
     train, dev = reviews(20, 0), reviews(8, 1)
     for df in (train, dev):
         df["label"] = df["label"].map({0: "neg", 1: "pos"})
@@ -192,6 +191,8 @@ def one_line(excinfo) -> str:
 
 @pytest.mark.parametrize("change, message", [
     (dict(model=torch.nn.Linear(2, 2)), "a Linear is not a model prunekit takes"),
+    (dict(model=tiny_model(num_labels=2)), "a PrunekitBertForSequenceClassification object carries no tokenizer and the "
+                                    "data is text: give tokenizer="),
     (dict(text_column="review"), "train_data: no column 'review' (columns: sentence, label)"),
     (dict(label_column="stars"), "train_data: no column 'stars'"),
     (dict(frames=lambda t, d: (t.assign(label=t.label * 3), d)), "train_data row 1: label '3' is not in the label "
