@@ -96,6 +96,7 @@ def test_readme_post_training_example_runs(in_workspace, capsys):
     assert {p.split("/")[:2] == ["runs", "compact-reviews"] for p in tree(in_workspace) - before} == {True}
 
 
+@pytest.mark.slow
 def test_readme_cofi_example_runs_and_writes_what_the_cli_writes(in_workspace):
     namespace = {}
     exec(readme_examples()[1], namespace)
