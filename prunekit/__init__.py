@@ -6,7 +6,12 @@
     compact = prunekit.prune(model, masks)                    # exact: compact(x) == model(x, masks=masks)
     print(prunekit.format_report(prunekit.cost_report(compact.config, reference=model.config)))
     compact.save_pretrained("out/")                           # AutoModelForSequenceClassification loads it
+
+    # either method end to end, as `prunekit compress` runs it (prunekit.api): the compact model and report.json's fields
+    compact, report = prunekit.compress(model, train_data, eval_data, method="post-training", macs=0.5,
+                                        distill_steps=1000)   # or method="cofi", target_sparsity=0.9
 """
+from .api import Report, compress
 from .checkpoints import load_model, register_auto_classes
 from .config import PrunekitBertConfig
 from .cost import cost_report, format_report, macs, param_counts
@@ -17,5 +22,5 @@ from .surgery import prune
 
 register_auto_classes()
 
-__all__ = ["load_model", "Masks", "prune", "cost_report", "format_report", "macs", "param_counts",
+__all__ = ["compress", "Report", "load_model", "Masks", "prune", "cost_report", "format_report", "macs", "param_counts",
            "PrunekitBertConfig", "PrunekitBertForSequenceClassification", "PrunekitError"]

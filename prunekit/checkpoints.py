@@ -12,6 +12,8 @@ from config.json and the safetensors headers alone, for `prunekit info`.
 import warnings
 from pathlib import Path
 
+import torch
+
 from .config import ARCHS, PrunekitBertConfig, whole
 from .errors import PrunekitError
 from .model import PrunekitBertForSequenceClassification
@@ -86,6 +88,7 @@ def inspect(name_or_dir: str) -> PrunekitBertConfig:
 
 
 HF_ARCHS = ARCHS   # model_type values of the checkpoints prunekit reads
+ARCH_NAMES = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert", "electra": "Electra"}  # HF class names
 BODY_PREFIX = {"bert": "bert.", "roberta": "roberta.", "distilbert": "distilbert.", "electra": "electra."}
 HF_SIZE_NAMES = (("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size"),
                  ("n_layers", "n_heads", "dim", "hidden_dim"))  # BERT's names, DistilBERT's
@@ -227,10 +230,15 @@ def load_hf(path: Path, num_labels: int | None = None):
     """(model, why its head is new or None): an HF BERT, RoBERTa, DistilBERT or ELECTRA checkpoint (base
     model or sequence classifier) as a prunekit model. A checkpoint without a classification head gets a
     freshly initialised one."""
-    hf = read_config(path)
-    weights = strip_body_prefix(hf, read_weights(path))
-    config, take, new_head = hf_layout(path, hf, {k: tuple(v.shape) for k, v in weights.items()}, num_labels)
-    check_finite(path, {t: weights[t] for t in take.values()})
+    return hf_to_prunekit(path, read_config(path), read_weights(path), num_labels)
+
+
+def hf_to_prunekit(where, hf: dict, weights: dict, num_labels: int | None = None):
+    """load_hf over an HF config (as a dict) and its tensors (by the checkpoint's names), wherever they
+    came from: a directory, or a model object in memory (from_object); errors name `where`."""
+    weights = strip_body_prefix(hf, weights)
+    config, take, new_head = hf_layout(where, hf, {k: tuple(v.shape) for k, v in weights.items()}, num_labels)
+    check_finite(where, {t: weights[t] for t in take.values()})
     model = PrunekitBertForSequenceClassification(config)
     state = model.state_dict()
     state.update({ours: weights[theirs].float() for ours, theirs in take.items()})
@@ -263,6 +271,31 @@ def load_model(name_or_dir: str, num_labels: int | None = None) -> PrunekitBertF
                       "but verbs that read text need them", stacklevel=2)
     model.config.name_or_path = str(name_or_dir)
     return model.eval()
+
+
+def from_object(model) -> PrunekitBertForSequenceClassification:
+    """A model object in memory as a prunekit model: a prunekit model as it is, an HF BERT, RoBERTa,
+    DistilBERT or ELECTRA sequence classifier converted through its config and state dict (the weights
+    copied, checked as a checkpoint's would be; load_model's tokenizer is not there: None). Anything
+    else is a PrunekitError."""
+    if isinstance(model, PrunekitBertForSequenceClassification):
+        return model
+    kind = type(model).__name__
+    to_dict = getattr(getattr(model, "config", None), "to_dict", None)
+    if not (isinstance(model, torch.nn.Module) and callable(to_dict)):
+        raise PrunekitError(f"a {kind} is not a model prunekit takes: give a prunekit model, an HF "
+                            f"{'/'.join(ARCH_NAMES[a] for a in HF_ARCHS)}ForSequenceClassification or a model directory")
+    hf = to_dict()
+    if hf.get("model_type") not in HF_ARCHS:
+        raise PrunekitError(f"{kind}: model_type {hf.get('model_type')!r} is not supported (supported: "
+                            f"{', '.join(HF_ARCHS)}, {PrunekitBertConfig.model_type})")
+    if not kind.endswith("ForSequenceClassification"):
+        raise PrunekitError(f"a {kind} is not a sequence classifier: give the fine-tuned "
+                            f"{ARCH_NAMES[hf['model_type']]}ForSequenceClassification")
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}  # load_state_dict copies them
+    converted, _ = hf_to_prunekit(kind, hf, weights)
+    converted.config.name_or_path = hf.get("_name_or_path") or ""
+    return converted.eval()
 
 
 def register_auto_classes():

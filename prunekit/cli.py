@@ -12,16 +12,14 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from . import distributed
-from .checkpoints import config_of, inspect, load_model, resolve
+from .checkpoints import inspect, load_model
 from .cost import cost_report, format_report
 from .errors import PrunekitError
 from .evaluation import CALIBRATION_SAMPLES, calibration_feeds, evaluate_task, load_predictor, load_text_model, task_for
 from .export.onnx_export import check_request, export_onnx
-from .harness import run as run_method
+from .harness import check_device, check_speed_options, run as run_method
 from .io import check_output, output_dir, write_json
-from .machine import check_precision
 from .masks import Masks
-from .model import resolve_kernels
 from .methods import METHODS
 from .options import given
 from .parser import budget_of, build_parser, data_args, foreign_options
@@ -30,17 +28,6 @@ from .rundir import data_inputs
 from .summaries import summarise_compress, summarise_eval, summarise_export
 from .surgery import prune
 from .training import TrainArgs, finetune
-
-
-def check_speed_options(kernels: str | None, precision: str | None, device, model: str | None = None) -> None:
-    """--kernels and --precision against this machine, before any model or data is loaded (the head
-    dim comes from the model's config.json when `model` names one)."""
-    if precision:
-        check_precision(precision, device)
-    if kernels == "triton" and model is not None:
-        resolve_kernels(kernels, device, config_of(resolve(model)).head_dim)
-    elif kernels:
-        resolve_kernels(kernels, device)
 
 
 def cmd_info(args):
@@ -120,18 +107,6 @@ def cmd_compress(args):
                         overwrite=args.overwrite, resume=bool(args.resume), command=args.command_line)
     if distributed.is_main():
         print(summarise_compress(report, args.output))
-
-
-def check_device(device: str):
-    """cpu, or cuda where torch sees a GPU: before any model or data is loaded."""
-    try:
-        kind = torch.device(device).type
-    except RuntimeError as e:
-        raise PrunekitError(f"unknown --device {device!r} (cpu or cuda)") from e
-    if kind not in ("cpu", "cuda"):
-        raise PrunekitError(f"unknown --device {device!r} (cpu or cuda)")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise PrunekitError("--device cuda, but torch sees no CUDA GPU here; use --device cpu")
 
 
 VERBS = {"info": cmd_info, "prune": cmd_prune, "finetune": cmd_finetune, "eval": cmd_eval, "export": cmd_export,

@@ -176,8 +176,9 @@ def read_rows(path: Path, header: bool = True) -> list[tuple[int, dict]]:
     raise PrunekitError(f"{path}: unknown data file type {suffix!r} (use .tsv, .csv or .jsonl)")
 
 
-def to_examples(path, rows, text_columns, label_column, label2id) -> tuple[list, list, list]:
-    """rows -> (texts_a, texts_b or None, label values); label2id None means a float label."""
+def to_examples(path, rows, text_columns, label_column, label2id, unit: str = "line") -> tuple[list, list, list]:
+    """rows -> (texts_a, texts_b or None, label values); label2id None means a float label. unit: what a
+    row's number counts ("line" of a file, "row" of a table in memory)."""
     if not rows:
         raise PrunekitError(f"{path} has no data rows")
     _, first = rows[0]
@@ -191,25 +192,25 @@ def to_examples(path, rows, text_columns, label_column, label2id) -> tuple[list,
         for col, values in zip(text_columns, columns):
             value = row.get(col)
             if not isinstance(value, str):
-                raise PrunekitError(f"{path} line {line}: text column {col!r} is "
+                raise PrunekitError(f"{path} {unit} {line}: text column {col!r} is "
                                     f"{'missing' if value is None else 'not a string'}")
             values.append(value)
-        labels.append(parse_label(path, line, row.get(label_column), label2id))
+        labels.append(parse_label(path, line, row.get(label_column), label2id, unit))
     return columns[0], (columns[1] if len(columns) > 1 else None), labels
 
 
-def parse_label(path, line, value, label2id):
+def parse_label(path, line, value, label2id, unit: str = "line"):
     if value is None:
-        raise PrunekitError(f"{path} line {line}: no label")
+        raise PrunekitError(f"{path} {unit} {line}: no label")
     raw = str(value).strip()
     if label2id is None:
         try:
             return float(raw)
         except ValueError as e:
-            raise PrunekitError(f"{path} line {line}: label {raw!r} is not a number (regression task)") from e
+            raise PrunekitError(f"{path} {unit} {line}: label {raw!r} is not a number (regression task)") from e
     if raw not in label2id:
         shown = ", ".join(label2id) if len(label2id) <= 10 else f"{len(label2id)} labels"
-        raise PrunekitError(f"{path} line {line}: label {raw!r} is not in the label set ({shown})")
+        raise PrunekitError(f"{path} {unit} {line}: label {raw!r} is not in the label set ({shown})")
     return label2id[raw]
 
 

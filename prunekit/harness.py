@@ -11,8 +11,12 @@ but its own checkpoints in `workdir` (a resumable method), and this module does 
   Scores          the dev metrics after each stage
   common_report   the report fields of every method (sizes, structure, dev metrics, the surgery check)
   check_compact   compact model == masked model on the run's own examples, else a warning
-  run             `prunekit compress`: every check before any work, the output claimed (locked), the
-                  teacher and data loaded, the method run, its result written at once
+  check_device, check_speed_options   --device, --kernels and --precision against this machine, before
+                  any model or data is loaded
+  run             `prunekit compress`: every check before any work, the teacher and data loaded, then
+  run_loaded      what it shares with prunekit.compress (which brings its own model and data): the checks
+                  that need them, the output claimed (locked), the method run, its result written at once
+                  (or, without an output, nothing written)
 
 The output directory: while a resumable method works, it holds INCOMPLETE, run_args.json and the
 method's work (CoFi: prune/, finetune/). The finished directory (compact model, masks.safetensors,
@@ -29,12 +33,15 @@ import torch
 
 from . import distributed
 from .budget import Budget
+from .checkpoints import config_of, resolve
 from .cost import cost_report
 from .data import canonical_task
 from .errors import PrunekitError
 from .evaluation import evaluate_task, torch_predictor
 from .io import check_output, output_dir, write_json
+from .machine import check_precision
 from .masks import Masks
+from .model import resolve_kernels
 from .metrics import main_metric
 from .progress import Warnings
 from .rundir import claim_output, data_inputs, started
@@ -143,15 +150,34 @@ def run_settings(method: Method, teacher: str, model, task, budget: Budget, conf
             "teacher_shape": [model.config.num_heads, model.config.ffn_dim, model.config.hidden_size]}
 
 
+def check_speed_options(kernels: str | None, precision: str | None, device, model: str | None = None) -> None:
+    """--kernels and --precision against this machine, before any model or data is loaded (the head
+    dim comes from the model's config.json when `model` names one)."""
+    if precision:
+        check_precision(precision, device)
+    if kernels == "triton" and model is not None:
+        resolve_kernels(kernels, device, config_of(resolve(model)).head_dim)
+    elif kernels:
+        resolve_kernels(kernels, device)
+
+
+def check_device(device: str):
+    """cpu, or cuda where torch sees a GPU: before any model or data is loaded."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as e:
+        raise PrunekitError(f"unknown --device {device!r} (cpu or cuda)") from e
+    if kind not in ("cpu", "cuda"):
+        raise PrunekitError(f"unknown --device {device!r} (cpu or cuda)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise PrunekitError("--device cuda, but torch sees no CUDA GPU here; use --device cpu")
+
+
 def run(method: Method, teacher: str, task_name: str, output, budget: Budget, config=None, data: dict | None = None,
         overwrite: bool = False, resume: bool = False, command: str | None = None) -> dict:
-    """The CLI's compress: check everything, load the teacher and the task, run the method into
-    `output`, then write the compact model, masks.safetensors, report.json (and the method's logs).
-    data: load_task's keyword arguments; max_length None means the method's default for the task."""
-    config = (config or method.config()).check()
-    budget.check(method.budgets)
-    if resume and not method.resumable:
-        raise PrunekitError(f"--method {method.name} keeps no checkpoints: there is nothing to --resume")
+    """The CLI's compress: check everything, load the teacher and the task, then run_loaded. data:
+    load_task's keyword arguments; max_length None means the method's default for the task."""
+    config = check_request(method, budget, config, resume)
     if not task_name:
         raise PrunekitError("give --task")
     data = dict(data or {})
@@ -160,20 +186,48 @@ def run(method: Method, teacher: str, task_name: str, output, budget: Budget, co
     warnings = Warnings()
     model, task, _ = load_teacher_and_task(teacher, task_name, data, method.name, method.max_length(task_name),
                                            warnings)
-    budget.check_model(model.config, teacher)
+    source = {"teacher": str(teacher), "data": data, "max_length": data["max_length"],
+              "command": command or " ".join(sys.argv)}
+    return run_loaded(method, model, task, budget, config, source, output, inputs, overwrite, resume, warnings).report
+
+
+def check_request(method: Method, budget: Budget, config, resume: bool = False):
+    """What is checked before anything is loaded: the settings (returned), the budget, a resume."""
+    config = (config or method.config()).check()
+    budget.check(method.budgets)
+    if resume and not method.resumable:
+        raise PrunekitError(f"--method {method.name} keeps no checkpoints: there is nothing to --resume")
+    return config
+
+
+def run_loaded(method: Method, model, task, budget: Budget, config, source: dict, output=None, inputs=(),
+               overwrite: bool = False, resume: bool = False, warnings: Warnings | None = None) -> Compressed:
+    """What `prunekit compress` and prunekit.compress share, once the teacher and the task are loaded: the
+    checks that need them, the method run, and (with `output`) its result written at once. Returns the
+    result with the whole of report.json as its report.
+    source: how the run names its inputs in the report and a resume's settings: "teacher" (a name), "data"
+    (what the task was read from), "max_length" (tokens per example), "command" (the call);
+    without output: the method runs in memory (CoFi: in a temporary work directory) and nothing is written."""
+    warnings = Warnings() if warnings is None else warnings
+    budget.check_model(model.config, source["teacher"])
     begin(method.name, config, {}, budget, method.budgets, model, task, warnings)
     method.check(model, task, budget, config)  # all before an old output is replaced
     if hasattr(config, "max_length"):
-        config.max_length = data["max_length"]
-    with claim_output(output, inputs, overwrite, resume) as out:
-        result = run_method(method, out, model, task, budget, config, warnings, resume,
-                            run_settings(method, teacher, model, task, budget, config, data))
-        report = {"teacher": str(teacher), "max_length": data["max_length"],
-                  "command": command or " ".join(sys.argv), **result.report}
+        config.max_length = source["max_length"]
+
+    def finished(result: Compressed) -> Compressed:
         result.model.config.finetuning_task = task.name
+        return result._replace(report={"teacher": source["teacher"], "max_length": source["max_length"],
+                                       "command": source["command"], **result.report})
+    if output is None:
+        return finished(method.compress(model, task, budget, config, warnings=warnings))
+    with claim_output(output, inputs, overwrite, resume) as out:
+        result = finished(run_method(method, out, model, task, budget, config, warnings, resume,
+                                     run_settings(method, source["teacher"], model, task, budget, config,
+                                                  source["data"])))
         if distributed.is_main():  # under torchrun every process computed the same result; rank 0 writes
-            write_result(out, method, result, report)
-        return report
+            write_result(out, method, result, result.report)
+        return result
 
 
 def run_method(method: Method, out: Path, model, task, budget, config, warnings, resume: bool,

@@ -16,17 +16,29 @@ def load_teacher_and_task(teacher: str, task_name: str, data: dict, purpose: str
     checkpoint without classifier weights (so not fine-tuned) is a warning.
     data["max_length"] is set to the length used (given, or the default cut to the model's limit)."""
     warnings = Warnings() if warnings is None else warnings
+    model = load_teacher(teacher, purpose, warnings)
+    return model, teacher_task(model, teacher, task_name, data, default_max_length), warnings
+
+
+def load_teacher(teacher: str, purpose: str, warnings: Warnings):
+    """The teacher model of a directory or name, with its tokenizer (else an error); an HF checkpoint
+    without classifier weights is a warning."""
     path = resolve(teacher)
     arch = read_config(path).get("model_type")
     if arch in HF_ARCHS and hf_key_map(arch, 1)["classifier.weight"] not in {
             k.removeprefix(BODY_PREFIX[arch]) for k in read_weights(path)}:
         warnings.warn(f"{teacher} has no classifier weights: its classifier is freshly initialised, so it is not "
                       f"fine-tuned; {purpose} needs a fine-tuned teacher")
-    model = load_text_model(teacher, f"{purpose} reads the task's text")
+    return load_text_model(teacher, f"{purpose} reads the task's text")
+
+
+def teacher_task(model, teacher: str, task_name: str, data: dict, default_max_length: int = DEFAULT_MAX_LENGTH):
+    """load_task for a loaded teacher: its tokenizer, its label names, a length it can take (set in
+    data["max_length"]); labels that do not fit it are an error."""
     data["max_length"] = resolve_max_length(model.config, data.get("max_length"), default_max_length, teacher)
     task = load_task(task_name, model.tokenizer, labels=trained_labels(model.config), **data)
     check_labels(model.config, task)
-    return model, task, warnings
+    return task
 
 
 def warn_if_not_fine_tuned(task, metrics: dict, warnings: Warnings, purpose: str = "post-training pruning",

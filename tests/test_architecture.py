@@ -7,9 +7,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {
     1: "errors io options progress timing machine distributed rundir",
     2: "config model tokenizer hub weights checkpoints masks cost surgery data metrics kernels",
-    3: "evaluation training distill latency budget teachers harness benchmark export",
+    3: "evaluation training distill latency budget teachers inputs harness benchmark export",
     4: "posttrain cofi",
-    5: "methods parser summaries cli",
+    5: "methods api parser summaries cli",
 }
 LAYER = {name: n for n, names in LAYERS.items() for name in names.split()}
 # what may be imported inside a function: heavy or optional, and only needed on some paths

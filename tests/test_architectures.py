@@ -91,6 +91,33 @@ def test_loaded_model_equals_transformers_on_real_tokens(saved):
         assert (g[real] - w[real]).abs().max() < 1e-5
 
 
+def test_a_model_object_converts_to_what_its_saved_directory_loads_as(saved):
+    """prunekit.compress takes a model object: converted in memory, it equals transformers' forward and
+    the model load_model reads from the object's saved directory, tensor for tensor."""
+    from prunekit.checkpoints import from_object
+    arch, hf, d = saved
+    ours, loaded = from_object(hf), prunekit.load_model(str(d))
+    b = batch(arch)
+    with torch.no_grad():
+        assert (ours(**b).logits - hf(**b).logits).abs().max() < 1e-5
+    assert ours.config.to_dict() | {"_name_or_path": ""} == loaded.config.to_dict() | {"_name_or_path": ""}
+    want = loaded.state_dict()
+    assert all(torch.equal(t, want[k]) for k, t in ours.state_dict().items()) and ours.state_dict().keys() == want.keys()
+
+
+def test_a_model_object_prunekit_does_not_take_is_one_line():
+    from prunekit.checkpoints import from_object
+    gpt2 = transformers.GPT2ForSequenceClassification(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2,
+                                                                              vocab_size=10, bos_token_id=0,
+                                                                              eos_token_id=0))
+    with pytest.raises(PrunekitError, match="model_type 'gpt2' is not supported"):
+        from_object(gpt2)
+    with pytest.raises(PrunekitError, match="a BertModel is not a sequence classifier"):
+        from_object(hf_model("bert").bert)
+    with pytest.raises(PrunekitError, match="a Linear is not a model prunekit takes"):
+        from_object(torch.nn.Linear(2, 2))
+
+
 def test_distilbert_with_sinusoidal_positions_loads_a_fixed_table(tmp_path):
     hf = hf_model("distilbert", sinusoidal_pos_embds=True)
     hf.save_pretrained(tmp_path)
