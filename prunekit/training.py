@@ -332,7 +332,8 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
         shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
                           if k not in ("step", "epoch"))
-        (bar.write if bar is not None else print)(f"step {self.step}: {shown}{'  (best)' if improved else ''}")
+        if self.args.progress:  # off: quiet (log.jsonl, where written, keeps every evaluation)
+            (bar.write if bar is not None else print)(f"step {self.step}: {shown}{'  (best)' if improved else ''}")
 
     # -- resumable checkpoint ----------------------------------------------------------------
     def save_checkpoint(self):
