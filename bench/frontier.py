@@ -78,6 +78,8 @@ def build_parser():
     p.add_argument("--runs-dir", default="runs/frontier", help="where the compressed models go")
     p.add_argument("--no-runs", action="store_true", help="run nothing: measure and tabulate what is finished")
     p.add_argument("--no-latency", action="store_true", help="run only: no export, scoring or timing")
+    p.add_argument("--analysis", metavar="MD", help="a Markdown file: what the rows show, kept in OUT.json and "
+                   "written under the table (replaces an earlier one)")
     p.add_argument("--not-run", action="append", default=[], metavar="ROUTE@MACS=REASON",
                    help="a cell of the table left empty on purpose, and why (kept in OUT.json)")
     return p
@@ -96,6 +98,7 @@ def main(argv: list[str]) -> int:
     if not Path(args.teacher).is_dir():
         raise PrunekitError(f"teacher directory not found: {args.teacher}")
     not_run = dict(parse_not_run(p, text) for text in args.not_run)
+    analysis = read_analysis(args.analysis)
     check_out(args.out)
     glue_dir = require_glue_dir(args.glue_dir, [args.task])
     doc = previous(args.out)
@@ -105,13 +108,24 @@ def main(argv: list[str]) -> int:
             for m in args.macs:
                 for seed in args.seeds:
                     run_route(args, glue_dir, route, m, seed, doc)
-    doc.update(previous(args.out))  # with the rows other studies added meanwhile
-    doc["not_run"].update(not_run)
+    latest = previous(args.out)  # with the rows other studies added meanwhile
+    doc.update(latest, not_run={**latest["not_run"], **doc["not_run"]})
     if not args.no_latency:
         measure(args, glue_dir, doc)
     doc["environment"] = environment(args.threads)
+    if analysis:
+        doc["analysis"] = analysis
     print("\n".join(redraw(doc, suffixed(args.out, ".json"), write_doc=True)))
     return 0
+
+
+def read_analysis(path) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip() + "\n"
+    except (OSError, UnicodeDecodeError) as e:
+        raise PrunekitError(f"--analysis {path}: cannot read it ({e.__class__.__name__})") from None
 
 
 def parse_not_run(p, text: str) -> tuple:
@@ -257,6 +271,8 @@ def markdown(doc: dict) -> str:
         lines += ["Not run:", ""] + [f"- {cell}: {why}" for cell, why in sorted(doc["not_run"].items())] + [""]
     lines += ["Routes:", ""] + [f"- {name}: {spec[1]}" for name, spec in ROUTES.items()]
     lines += ["", "![accuracy against latency](frontier.png)"]
+    if doc.get("analysis"):  # a reading of the rows written afterwards
+        lines += ["", doc["analysis"].rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

@@ -310,8 +310,10 @@ def test_frontier_runs_each_route_once_measures_fp32_and_int8_and_replots(script
     assert (at / "runs" / "frontier" / "sst2" / "post-training-0.5-s0" / "model.safetensors").is_file()
     md = out.with_name("frontier.md").read_text()
     assert "| post-training | 50% |" in md and "Not run:" in md and out.with_name("frontier.png").is_file()
-    assert frontier.main(argv + ["--no-latency"]) == 0               # a rerun runs nothing again
+    (at / "reading.md").write_text("## What the rows show\n\nNothing yet.\n")
+    assert frontier.main(argv + ["--no-latency", "--analysis", "reading.md"]) == 0   # a rerun runs nothing again
     assert len(json.loads(out.with_name("frontier.json").read_text())["rows"]) == 1
+    assert out.with_name("frontier.md").read_text().endswith("## What the rows show\n\nNothing yet.\n")
     replots_the_same(frontier, out)
 
 
@@ -354,7 +356,9 @@ def test_frontier_refuses_a_bad_not_run_cell_and_a_missing_teacher(script, at, c
     for argv, says in ((["--task", "sst2", "--teacher", "runs/teacher-sst2", "--not-run", "magic@0.1=x"],
                         "--not-run takes ROUTE@MACS=REASON"),
                        (["--task", "sst2", "--teacher", "runs/nothing"], "teacher directory not found: runs/nothing"),
-                       (["--task", "sst2"], "give --task and --teacher")):
+                       (["--task", "sst2"], "give --task and --teacher"),
+                       (["--task", "sst2", "--teacher", "runs/teacher-sst2", "--analysis", "gone.md"],
+                        "--analysis gone.md: cannot read it")):
         assert frontier.main(argv + ["--out", str(at / "res" / "bad")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
