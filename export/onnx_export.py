@@ -9,13 +9,18 @@ and has no code at all for absent sublayers, so a layer with no heads or no FFN 
 
 The pipeline (export_onnx) works in a temporary directory beside the output (prunekit.io.output_dir)
 that becomes the output only after every check has passed:
-    export -> parity (fp32, atol 1e-4) -> [optimize -> head-count check -> parity]
-           -> [int8 or fp16 -> drift figures] -> model.onnx, config.json (portable.py), tokenizer, export_report.json
+    export -> parity (fp32, atol 1e-4)                          _export_plain
+    -> [optimize -> head-count check -> parity -> race]         _fuse_for_ort, _race_plain_and_fused
+    -> [int8 or fp16 -> drift figures]                          _quantize_int8, _to_fp16
+    -> [CUDA drift, parity or drift in check_with runtimes]     _check_other_runtimes
+    -> model.onnx, config.json (portable.py), tokenizer, export_report.json     _write_directory
+Every check that needs no work runs first (_check_export_request); the steps share an _ExportRun.
 """
 import copy
 import json
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -149,131 +154,202 @@ def export_onnx(model, out_dir, *, opset: int = DEFAULT_OPSET, optimize: bool = 
     Raises PrunekitError, with nothing written, when a check fails. Returns the export report
     (also written as out_dir/export_report.json).
     """
-    check_request(opset, quantize, fp16, device)
-    check_runtimes(check_with)
+    _check_export_request(out_dir, opset, quantize, fp16, device, overwrite, calibration, check_with)
     out = Path(out_dir)
-    check_output_dir(out, overwrite)
-    if device == "cuda":
-        runtime.require_cuda()  # before any work: no silent CPU fallback
-    config = model.config
     stages = ["export"] + ["optimize"] * optimize + ["int8"] * bool(quantize) + ["fp16"] * fp16
-    lower_precision = bool(quantize) or fp16
-    if quantize == "int8-static" and not calibration:
-        raise PrunekitError("--quantize int8-static needs calibration examples: give --task (its training data)")
     cases = validate.make_cases(model)  # PyTorch's logits, once
-    report = {"format": "onnx", "file": "model.onnx", "source": source or str(config.name_or_path or ""),
-              "variant": "fp16" if fp16 else (quantize or "fp32"), "optimized": optimize, "device": device,
-              "exporter": {"api": "torch.onnx.export", "dynamo": False, "dynamic_axes": DYNAMIC_AXES,
-                           "do_constant_folding": True, "torch": torch.__version__},
-              "opset": opset, "onnx": onnx.__version__, "onnxruntime": _ort_version(),
-              "inputs": list(runtime.INPUT_NAMES), "outputs": list(OUTPUT_NAMES),
-              "model": {"num_heads": list(config.num_heads), "ffn_dim": list(config.ffn_dim),
-                        "hidden_size": config.hidden_size, "head_dim": config.head_dim,
-                        "num_labels": config.num_labels, "id2label": {str(k): v for k, v in config.id2label.items()}},
-              "validation": {"inputs": [{"name": c["name"], "shape": list(c["batch"]["input_ids"].shape)} for c in cases],
-                             "real_text": model.tokenizer is not None},
-              "node_counts": {}, "parity": {}}
+    report = _report_header(model, cases, source, opset, optimize, quantize, fp16, device)
     bar = tqdm(total=2 * len(stages) + 1 + len(check_with), desc="export", disable=not progress, leave=False)
     with output_dir(out, overwrite) as tmp, bar:
-        work = tmp / ".work"
-        work.mkdir()
-        path_of = lambda stage: tmp / "model.onnx" if stage == stages[-1] else work / f"{stage}.onnx"
-
-        def step(stage, what):
-            bar.set_description(f"{stage}: {what}")
-
-        # 1. export and check the plain graph
-        step("export", "torch.onnx.export")
-        graph = torch_to_onnx(model, work / "traced.onnx", opset)
-        save_onnx(graph, path_of("export"), external_data_above)
-        report["node_counts"]["exported"] = opt.op_counts(graph)
-        bar.update()
-        step("export", "parity")
-        report["parity"]["exported"] = validate.check_parity(cases, path_of("export"), atol, "exported graph")
-        bar.update()
-        current = path_of("export")
-
-        # 2. fuse for ORT, then check head counts and parity again
+        run = _ExportRun(tmp, stages, bar, cases, atol, external_data_above, report)
+        run.work.mkdir()
+        graph = _export_plain(run, model, opset)
+        current = run.path_of("export")
         if optimize:
-            step("optimize", "ORT transformer fusion")
-            graph, report["fusion"] = opt.optimize_graph(graph, config)
-            save_onnx(graph, path_of("optimize"), external_data_above)
-            report["node_counts"]["optimized"] = opt.op_counts(graph)
-            bar.update()
-            step("optimize", "parity")
-            report["parity"]["optimized"] = validate.check_parity(cases, path_of("optimize"), atol,
-                                                                  "optimised graph")
-            bar.update()
-            current = path_of("optimize")
-            if keep_fused is None:  # race the two graphs on the target runtime: fusion must not lose
-                step("optimize", "timing plain vs fused")
-                fused_path = path_of("optimize")
-                if fused_path == tmp / "model.onnx":  # the last stage: race a copy, so either can become the output
-                    fused_path = work / "fused.onnx"
-                    save_onnx(graph, fused_path, external_data_above)
-                report["fusion"]["timing"] = opt.keep_faster(path_of("export"), fused_path, config,
-                                                             "cuda" if device == "cuda" else "cpu")
-                if report["fusion"]["timing"]["kept"] == "plain":
-                    graph = onnx.load(str(path_of("export")))
-                    report["optimized"] = False
-                    if path_of("optimize") == tmp / "model.onnx":
-                        for f in tmp.glob("model.onnx*"):
-                            f.unlink()
-                        save_onnx(graph, tmp / "model.onnx", external_data_above)
-                    current = path_of("export")
-
-        # 3. lower precision; measured here, judged by the task metric (prunekit eval)
+            graph, current = _fuse_for_ort(run, graph, model.config, device, keep_fused)
         if quantize:
-            big = weight_bytes(graph) > external_data_above
-            if quantize == "int8-static":
-                step("int8", "static quantisation (calibration)")
-                info = quant.quantize_int8_static(current, work / "int8_raw.onnx", calibration, external_data=big)
-            else:
-                step("int8", "dynamic quantisation")
-                info = quant.quantize_int8(current, work / "int8_raw.onnx", external_data=big)
-            graph = onnx.load(str(work / "int8_raw.onnx"))
-            save_onnx(graph, path_of("int8"), external_data_above)
-            bar.update()
-            step("int8", "drift")
-            report["quantized"] = {**info, **validate.drift(cases, path_of("int8"), "cpu")}
-            bar.update()
+            _quantize_int8(run, graph, current, quantize, calibration)
         if fp16:
-            step("fp16", "float16 conversion")
-            graph, info = quant.to_fp16(graph)
-            save_onnx(graph, path_of("fp16"), external_data_above)
-            bar.update()
-            step("fp16", "drift")
-            report["quantized"] = {**info, **validate.drift(cases, path_of("fp16"), "cuda")}
-            bar.update()
-
-        if device == "cuda" and not fp16:  # the fp32 graph was checked on the CPU; record what CUDA gives
-            step("cuda", "drift")
-            report["cuda"] = validate.drift(cases, tmp / "model.onnx", "cuda")
-
-        for rt in check_with:  # the same file in another runtime: same parity, or drift for int8 / fp16
-            step(rt, "drift" if lower_precision else "parity")
-            if lower_precision:
-                report.setdefault("drift", {})[rt] = validate.drift(cases, tmp / "model.onnx", runtime=rt)
-            else:
-                report["parity"][rt] = validate.check_parity(cases, tmp / "model.onnx", atol, f"the graph in {rt}",
-                                                             runtime=rt)
-            bar.update()
-
-        # 4. the directory a deployer uses: model, config, tokenizer, report
-        final = onnx.load(str(tmp / "model.onnx"), load_external_data=False)
-        report["node_counts"]["final"] = opt.op_counts(final)
-        report["ir_version"] = final.ir_version
-        report["external_data"] = (tmp / "model.onnx.data").exists()
-        report["size_bytes"] = sum(f.stat().st_size for f in tmp.glob("model.onnx*"))
-        shutil.rmtree(work)
-        # the base architecture's config (nominal dense sizes, the real structure under "prunekit"):
-        # what transformers, Optimum and pipeline() read on a serving machine without prunekit
-        (tmp / "config.json").write_text(json.dumps(portable.portable_config(config, report["source"]), indent=2) + "\n")
-        if model.tokenizer is not None:
-            model.tokenizer.save_pretrained(str(tmp))
-        (tmp / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        bar.update()
+            _to_fp16(run, graph)
+        _check_other_runtimes(run, device, fp16, bool(quantize) or fp16, check_with)
+        _write_directory(run, model)
     return report
+
+
+def _check_export_request(out_dir, opset, quantize, fp16, device, overwrite, calibration, check_with) -> None:
+    """Every check that needs no work, in the order a user meets them; nothing is written."""
+    check_request(opset, quantize, fp16, device)
+    check_runtimes(check_with)
+    check_output_dir(Path(out_dir), overwrite)
+    if device == "cuda":
+        runtime.require_cuda()  # before any work: no silent CPU fallback
+    if quantize == "int8-static" and not calibration:
+        raise PrunekitError("--quantize int8-static needs calibration examples: give --task (its training data)")
+
+
+def _report_header(model, cases, source, opset, optimize, quantize, fp16, device) -> dict:
+    """What export_report.json says before any stage has run: the request, the tools, the model, the inputs."""
+    config = model.config
+    return {"format": "onnx", "file": "model.onnx", "source": source or str(config.name_or_path or ""),
+            "variant": "fp16" if fp16 else (quantize or "fp32"), "optimized": optimize, "device": device,
+            "exporter": {"api": "torch.onnx.export", "dynamo": False, "dynamic_axes": DYNAMIC_AXES,
+                         "do_constant_folding": True, "torch": torch.__version__},
+            "opset": opset, "onnx": onnx.__version__, "onnxruntime": _ort_version(),
+            "inputs": list(runtime.INPUT_NAMES), "outputs": list(OUTPUT_NAMES),
+            "model": {"num_heads": list(config.num_heads), "ffn_dim": list(config.ffn_dim),
+                      "hidden_size": config.hidden_size, "head_dim": config.head_dim,
+                      "num_labels": config.num_labels, "id2label": {str(k): v for k, v in config.id2label.items()}},
+            "validation": {"inputs": [{"name": c["name"], "shape": list(c["batch"]["input_ids"].shape)} for c in cases],
+                           "real_text": model.tokenizer is not None},
+            "node_counts": {}, "parity": {}}
+
+
+@dataclass
+class _ExportRun:
+    """One export's working state, shared by its steps: the temporary output directory (it becomes
+    out_dir only when every step has passed), the stages asked for, the progress bar, the parity
+    cases and the report the steps fill in."""
+    tmp: Path
+    stages: list[str]
+    bar: tqdm
+    cases: list[dict]
+    atol: float
+    external_data_above: int
+    report: dict
+
+    @property
+    def work(self) -> Path:
+        return self.tmp / ".work"  # intermediate graphs; removed before the directory is published
+
+    @property
+    def model_onnx(self) -> Path:
+        return self.tmp / "model.onnx"
+
+    def path_of(self, stage: str) -> Path:
+        """The last stage writes model.onnx itself; the others write to the work folder."""
+        return self.model_onnx if stage == self.stages[-1] else self.work / f"{stage}.onnx"
+
+    def step(self, stage: str, what: str) -> None:
+        self.bar.set_description(f"{stage}: {what}")
+
+    def save(self, graph: onnx.ModelProto, path: Path) -> None:
+        save_onnx(graph, path, self.external_data_above)
+
+
+def _export_plain(run: _ExportRun, model, opset: int) -> onnx.ModelProto:
+    """1. export and check the plain graph."""
+    run.step("export", "torch.onnx.export")
+    graph = torch_to_onnx(model, run.work / "traced.onnx", opset)
+    run.save(graph, run.path_of("export"))
+    run.report["node_counts"]["exported"] = opt.op_counts(graph)
+    run.bar.update()
+    run.step("export", "parity")
+    run.report["parity"]["exported"] = validate.check_parity(run.cases, run.path_of("export"), run.atol,
+                                                             "exported graph")
+    run.bar.update()
+    return graph
+
+
+def _fuse_for_ort(run: _ExportRun, graph, config, device: str, keep_fused: bool | None) -> tuple[onnx.ModelProto, Path]:
+    """2. fuse for ORT, then check head counts and parity again; returns the graph kept and its path."""
+    report = run.report
+    run.step("optimize", "ORT transformer fusion")
+    graph, report["fusion"] = opt.optimize_graph(graph, config)
+    run.save(graph, run.path_of("optimize"))
+    report["node_counts"]["optimized"] = opt.op_counts(graph)
+    run.bar.update()
+    run.step("optimize", "parity")
+    report["parity"]["optimized"] = validate.check_parity(run.cases, run.path_of("optimize"), run.atol,
+                                                          "optimised graph")
+    run.bar.update()
+    if keep_fused is None:  # race the two graphs on the target runtime: fusion must not lose
+        return _race_plain_and_fused(run, graph, config, device)
+    return graph, run.path_of("optimize")
+
+
+def _race_plain_and_fused(run: _ExportRun, fused, config, device: str) -> tuple[onnx.ModelProto, Path]:
+    """Time the plain and fused graphs; when the plain one wins it becomes the graph the later steps
+    take (and model.onnx, when optimisation was the last stage)."""
+    run.step("optimize", "timing plain vs fused")
+    fused_path = run.path_of("optimize")
+    if fused_path == run.model_onnx:  # the last stage: race a copy, so either can become the output
+        fused_path = run.work / "fused.onnx"
+        run.save(fused, fused_path)
+    timing = opt.keep_faster(run.path_of("export"), fused_path, config, "cuda" if device == "cuda" else "cpu")
+    run.report["fusion"]["timing"] = timing
+    if timing["kept"] != "plain":
+        return fused, run.path_of("optimize")
+    graph = onnx.load(str(run.path_of("export")))
+    run.report["optimized"] = False
+    if run.path_of("optimize") == run.model_onnx:
+        for f in run.tmp.glob("model.onnx*"):
+            f.unlink()
+        run.save(graph, run.model_onnx)
+    return graph, run.path_of("export")
+
+
+def _quantize_int8(run: _ExportRun, graph, current: Path, quantize: str, calibration) -> None:
+    """3. lower precision, int8 (dynamic or calibrated) from the graph at `current`; its drift is
+    measured here and judged by the task metric (prunekit eval)."""
+    big = weight_bytes(graph) > run.external_data_above
+    raw = run.work / "int8_raw.onnx"
+    if quantize == "int8-static":
+        run.step("int8", "static quantisation (calibration)")
+        info = quant.quantize_int8_static(current, raw, calibration, external_data=big)
+    else:
+        run.step("int8", "dynamic quantisation")
+        info = quant.quantize_int8(current, raw, external_data=big)
+    run.save(onnx.load(str(raw)), run.path_of("int8"))
+    run.bar.update()
+    run.step("int8", "drift")
+    run.report["quantized"] = {**info, **validate.drift(run.cases, run.path_of("int8"), "cpu")}
+    run.bar.update()
+
+
+def _to_fp16(run: _ExportRun, graph) -> None:
+    """3. lower precision, fp16 for CUDA; drift measured as for int8."""
+    run.step("fp16", "float16 conversion")
+    graph, info = quant.to_fp16(graph)
+    run.save(graph, run.path_of("fp16"))
+    run.bar.update()
+    run.step("fp16", "drift")
+    run.report["quantized"] = {**info, **validate.drift(run.cases, run.path_of("fp16"), "cuda")}
+    run.bar.update()
+
+
+def _check_other_runtimes(run: _ExportRun, device: str, fp16: bool, lower_precision: bool, check_with) -> None:
+    """The shipped model.onnx on CUDA (when that is the target) and in each runtime of check_with."""
+    report = run.report
+    if device == "cuda" and not fp16:  # the fp32 graph was checked on the CPU; record what CUDA gives
+        run.step("cuda", "drift")
+        report["cuda"] = validate.drift(run.cases, run.model_onnx, "cuda")
+    for rt in check_with:  # the same file in another runtime: same parity, or drift for int8 / fp16
+        run.step(rt, "drift" if lower_precision else "parity")
+        if lower_precision:
+            report.setdefault("drift", {})[rt] = validate.drift(run.cases, run.model_onnx, runtime=rt)
+        else:
+            report["parity"][rt] = validate.check_parity(run.cases, run.model_onnx, run.atol, f"the graph in {rt}",
+                                                         runtime=rt)
+        run.bar.update()
+
+
+def _write_directory(run: _ExportRun, model) -> None:
+    """4. the directory a deployer uses: model, config, tokenizer, report."""
+    tmp, report = run.tmp, run.report
+    final = onnx.load(str(run.model_onnx), load_external_data=False)
+    report["node_counts"]["final"] = opt.op_counts(final)
+    report["ir_version"] = final.ir_version
+    report["external_data"] = (tmp / "model.onnx.data").exists()
+    report["size_bytes"] = sum(f.stat().st_size for f in tmp.glob("model.onnx*"))
+    shutil.rmtree(run.work)
+    # the base architecture's config (nominal dense sizes, the real structure under "prunekit"):
+    # what transformers, Optimum and pipeline() read on a serving machine without prunekit
+    (tmp / "config.json").write_text(json.dumps(portable.portable_config(model.config, report["source"]), indent=2)
+                                     + "\n")
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(str(tmp))
+    (tmp / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    run.bar.update()
 
 
 def _ort_version() -> str:
