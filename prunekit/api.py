@@ -24,7 +24,7 @@ from .budget import KINDS, Budget, Deployment
 from .checkpoints import from_object, resolve
 from .data import canonical_task
 from .errors import PrunekitError
-from .harness import check_device, check_request, check_speed_options, run_loaded
+from .harness import check_device, check_settings, check_speed_options, run_loaded
 from .inputs import user_task
 from .io import check_output
 from .methods import METHODS
@@ -75,7 +75,7 @@ def compress(model, train_data, eval_data=None, *, method: str = "post-training"
     budget_values = {"macs": macs, "sparsity": target_sparsity, "latency": latency}
     config, deployment = split_settings(m, settings)
     budget = budget_of(m, budget_values, deployment)
-    config = check_request(m, budget, config)
+    config = check_settings(m, budget, config)
     config.progress = progress
     check_device(config.device)
     path = model if isinstance(model, (str, os.PathLike)) else None

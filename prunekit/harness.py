@@ -177,7 +177,7 @@ def run(method: Method, teacher: str, task_name: str, output, budget: Budget, co
         overwrite: bool = False, resume: bool = False, command: str | None = None) -> dict:
     """The CLI's compress: check everything, load the teacher and the task, then run_loaded. data:
     load_task's keyword arguments; max_length None means the method's default for the task."""
-    config = check_request(method, budget, config, resume)
+    config = check_settings(method, budget, config, resume)
     if not task_name:
         raise PrunekitError("give --task")
     data = dict(data or {})
@@ -191,7 +191,7 @@ def run(method: Method, teacher: str, task_name: str, output, budget: Budget, co
     return run_loaded(method, model, task, budget, config, source, output, inputs, overwrite, resume, warnings).report
 
 
-def check_request(method: Method, budget: Budget, config, resume: bool = False):
+def check_settings(method: Method, budget: Budget, config, resume: bool = False):
     """What is checked before anything is loaded: the settings (returned), the budget, a resume."""
     config = (config or method.config()).check()
     budget.check(method.budgets)
